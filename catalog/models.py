@@ -1,0 +1,150 @@
+"""What is sold: plans, features, tasks, model classes and the provider models behind them."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+
+class ModelClass(models.Model):
+    """A capability tier (BASE_S < BASE_M < PRO_M < PRO_L < ADVANCED); plans grant classes, not models."""
+
+    code = models.CharField(max_length=32, unique=True)
+    name = models.CharField(max_length=100)
+    rank = models.PositiveSmallIntegerField(unique=True, help_text="Higher rank = more capable and costly.")
+    description = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["rank"]
+        verbose_name_plural = "model classes"
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class Feature(models.Model):
+    code = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class Task(models.Model):
+    class Code(models.TextChoices):
+        PRIOR_ART = "LLM1_PRIOR_ART", "Prior-art search"
+        DRAFT = "LLM2_DRAFT", "Patent drafting"
+        DIAGRAM = "LLM3_DIAGRAM", "Diagram generation"
+
+    class QuotaUnit(models.TextChoices):
+        TOKENS = "TOKENS", "Tokens"
+        API_CALLS = "API_CALLS", "API calls"
+        REQUESTS = "REQUESTS", "Requests"
+
+    code = models.CharField(max_length=32, unique=True, choices=Code.choices)
+    name = models.CharField(max_length=100)
+    feature = models.ForeignKey(Feature, on_delete=models.PROTECT, related_name="tasks")
+    quota_unit = models.CharField(max_length=16, choices=QuotaUnit.choices, default=QuotaUnit.TOKENS)
+    description = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class Plan(models.Model):
+    code = models.CharField(max_length=32, unique=True, help_text="Named by ATIToken.plan_tier, e.g. FREE, PRO.")
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    is_active = models.BooleanField(default=True)
+    features = models.ManyToManyField(Feature, through="PlanFeature", related_name="plans", blank=True)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class PlanFeature(models.Model):
+    plan = models.ForeignKey(Plan, on_delete=models.CASCADE, related_name="plan_features")
+    feature = models.ForeignKey(Feature, on_delete=models.CASCADE, related_name="plan_features")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["plan", "feature"], name="uniq_plan_feature")]
+
+    def __str__(self) -> str:
+        return f"{self.plan} / {self.feature}"
+
+
+class PlanLLMAccess(models.Model):
+    """Plan x task -> the model classes a tenant on that plan may use for that task."""
+
+    plan = models.ForeignKey(Plan, on_delete=models.CASCADE, related_name="llm_access")
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="plan_access")
+    model_classes = models.ManyToManyField(ModelClass, related_name="plan_access")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["plan", "task"], name="uniq_plan_task_access")]
+        verbose_name = "plan LLM access"
+        verbose_name_plural = "plan LLM access"
+
+    def __str__(self) -> str:
+        return f"{self.plan} / {self.task}"
+
+
+class ProviderModel(models.Model):
+    class Provider(models.TextChoices):
+        OPENAI = "openai", "OpenAI"
+        GEMINI = "gemini", "Google Gemini"
+        GROK = "grok", "xAI Grok"
+        ANTHROPIC = "anthropic", "Anthropic"
+        OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible server"
+        OFFLINE = "offline", "Offline (no network)"
+
+    provider = models.CharField(max_length=32, choices=Provider.choices)
+    model_name = models.CharField(max_length=128)
+    model_class = models.ForeignKey(ModelClass, on_delete=models.PROTECT, related_name="provider_models")
+    # Integer micro-USD per one million tokens: money never touches floats.
+    input_price_per_mtok_micro_usd = models.BigIntegerField(null=True, blank=True)
+    output_price_per_mtok_micro_usd = models.BigIntegerField(null=True, blank=True)
+    context_window = models.PositiveIntegerField(default=128_000)
+    max_output_tokens = models.PositiveIntegerField(default=8_192)
+    priority = models.IntegerField(default=100, help_text="Lower runs first among equals.")
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["model_class__rank", "priority", "provider", "model_name"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "model_name"], name="uniq_provider_model"),
+            models.CheckConstraint(
+                condition=Q(input_price_per_mtok_micro_usd__isnull=True) | Q(input_price_per_mtok_micro_usd__gte=0),
+                name="provider_model_input_price_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(output_price_per_mtok_micro_usd__isnull=True)
+                | Q(output_price_per_mtok_micro_usd__gte=0),
+                name="provider_model_output_price_non_negative",
+            ),
+        ]
+        indexes = [models.Index(fields=["model_class", "is_active"], name="provmodel_class_active")]
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.model_name}"
+
+    @property
+    def is_priced(self) -> bool:
+        return self.input_price_per_mtok_micro_usd is not None and self.output_price_per_mtok_micro_usd is not None
+
+    def cost_micro_usd(self, *, tokens_in: int, tokens_out: int) -> int:
+        """Integer cost, rounded up to the next micro-USD so no call is ever under-billed."""
+        numerator = tokens_in * (self.input_price_per_mtok_micro_usd or 0) + tokens_out * (
+            self.output_price_per_mtok_micro_usd or 0
+        )
+        return -(-numerator // 1_000_000)

@@ -1,0 +1,281 @@
+"""Enforcement and accounting: policy rules, meters and holds, the ledger, alerts."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Coalesce
+
+from catalog.models import Plan, Task
+from tenants.models import EnforcementMode, Tenant
+
+
+class PolicyRule(models.Model):
+    """One limit for one subject. The most specific scope wins: GLOBAL < PLAN < TENANT < USER."""
+
+    class Scope(models.TextChoices):
+        GLOBAL = "GLOBAL", "Global"
+        PLAN = "PLAN", "Plan"
+        TENANT = "TENANT", "Tenant"
+        USER = "USER", "User"
+
+    scope = models.CharField(max_length=8, choices=Scope.choices)
+    plan = models.ForeignKey(Plan, null=True, blank=True, on_delete=models.CASCADE, related_name="policy_rules")
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.CASCADE, related_name="policy_rules")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="policy_rules"
+    )
+    task = models.ForeignKey(
+        Task, null=True, blank=True, on_delete=models.CASCADE, related_name="policy_rules",
+        help_text="Empty = the rule applies to all tasks together.",
+    )
+    key = models.CharField(max_length=64, help_text="A key of the policy registry (metering.policy_keys).")
+    value = models.JSONField(help_text="Typed by the key: an integer, or a list of model class codes.")
+    # Optional time window: the rule applies only on these weekdays (0=Monday) between these times.
+    weekdays = models.JSONField(null=True, blank=True, help_text="List of weekday numbers, 0=Monday.")
+    start_time = models.TimeField(null=True, blank=True)
+    end_time = models.TimeField(null=True, blank=True)
+    timezone = models.CharField(max_length=64, default="UTC")
+    # Usage-based throttling: the rule applies only once this quota key is at least this % used.
+    when_quota_key = models.CharField(max_length=64, blank=True)
+    when_usage_percent_gte = models.PositiveSmallIntegerField(null=True, blank=True)
+    is_active = models.BooleanField(default=True)
+    note = models.CharField(max_length=200, blank=True)
+    # Rules written by seed_catalog carry seeded=True; an operator's edit clears it so a
+    # re-seed never overwrites what an operator changed.
+    seeded = models.BooleanField(default=False, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["scope", "key"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    Q(scope="GLOBAL", plan__isnull=True, tenant__isnull=True, user__isnull=True)
+                    | Q(scope="PLAN", plan__isnull=False, tenant__isnull=True, user__isnull=True)
+                    | Q(scope="TENANT", plan__isnull=True, tenant__isnull=False, user__isnull=True)
+                    | Q(scope="USER", plan__isnull=True, tenant__isnull=True, user__isnull=False)
+                ),
+                name="policyrule_scope_matches_subject",
+            ),
+            models.CheckConstraint(
+                condition=Q(when_usage_percent_gte__isnull=True) | ~Q(when_quota_key=""),
+                name="policyrule_condition_has_key",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["scope", "key"], name="policyrule_scope_key"),
+            models.Index(fields=["plan"], name="policyrule_plan"),
+            models.Index(fields=["tenant"], name="policyrule_tenant"),
+            models.Index(fields=["user"], name="policyrule_user"),
+        ]
+
+    def __str__(self) -> str:
+        subject = self.plan or self.tenant or self.user or "*"
+        return f"{self.scope}:{subject} {self.task or 'all tasks'} {self.key}={self.value}"
+
+
+class Metric(models.TextChoices):
+    TOKENS = "TOKENS", "Tokens"
+    API_CALLS = "API_CALLS", "API calls"
+    COST = "COST", "Cost (micro-USD)"
+    REQUESTS = "REQUESTS", "Requests"
+    CONCURRENT = "CONCURRENT", "Concurrent calls"
+
+
+class Window(models.TextChoices):
+    MINUTE = "MINUTE", "Minute"
+    DAY = "DAY", "Day"
+    MONTH = "MONTH", "Month"
+    NONE = "NONE", "None (gauge)"
+
+
+class UsageMeter(models.Model):
+    """A counter for one subject and period. The limit lives in policy, not here."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="meters")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE)
+    task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.PROTECT)
+    metric = models.CharField(max_length=16, choices=Metric.choices)
+    window = models.CharField(max_length=8, choices=Window.choices)
+    period_start = models.DateTimeField()
+    used = models.BigIntegerField(default=0)
+    reserved = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                "tenant", Coalesce("user", 0), Coalesce("task", 0), "metric", "window", "period_start",
+                name="uniq_usage_meter_subject_period",
+            ),
+            models.CheckConstraint(condition=Q(used__gte=0), name="meter_used_non_negative"),
+            models.CheckConstraint(condition=Q(reserved__gte=0), name="meter_reserved_non_negative"),
+        ]
+        indexes = [models.Index(fields=["tenant", "window", "period_start"], name="meter_tenant_period")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id}/{self.user_id or '*'}/{self.task_id or '*'} {self.metric}/{self.window}"
+
+
+class UsageReservation(models.Model):
+    """The lease that holds one request's budget between admission and settlement."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "ACTIVE", "Active"
+        COMPLETED = "COMPLETED", "Completed"
+        RELEASED = "RELEASED", "Released"
+        EXPIRED = "EXPIRED", "Expired"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    request_id = models.CharField(max_length=64, unique=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="reservations")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reservations")
+    task = models.ForeignKey(Task, on_delete=models.PROTECT)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.ACTIVE)
+    enforcement_mode = models.CharField(max_length=8, choices=EnforcementMode.choices)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField()
+    settled_at = models.DateTimeField(null=True, blank=True)
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="uniq_reservation_idempotency_key",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "expires_at"], name="reservation_status_expiry")]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.status}"
+
+
+class UsageHold(models.Model):
+    reservation = models.ForeignKey(UsageReservation, on_delete=models.CASCADE, related_name="holds")
+    meter = models.ForeignKey(UsageMeter, on_delete=models.CASCADE, related_name="holds")
+    amount = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["reservation", "meter"], name="uniq_hold_reservation_meter"),
+            models.CheckConstraint(condition=Q(amount__gte=0), name="hold_amount_non_negative"),
+        ]
+
+
+class UsageLog(models.Model):
+    """The ledger: one immutable row per metered call, refused calls included."""
+
+    class Status(models.TextChoices):
+        SUCCESS = "SUCCESS", "Success"
+        ERROR = "ERROR", "Error"
+        CANCELLED = "CANCELLED", "Cancelled"
+        REFUSED = "REFUSED", "Refused"
+        EXPIRED = "EXPIRED", "Expired"
+
+    request_id = models.CharField(max_length=64, unique=True)
+    reservation = models.OneToOneField(
+        UsageReservation, null=True, blank=True, on_delete=models.SET_NULL, related_name="log"
+    )
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_logs")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="usage_logs")
+    task = models.ForeignKey(Task, on_delete=models.PROTECT)
+    feature_code = models.CharField(max_length=64)
+    provider = models.CharField(max_length=32, blank=True)
+    model_name = models.CharField(max_length=128, blank=True)
+    model_class = models.CharField(max_length=32, blank=True)
+    tokens_in = models.BigIntegerField(default=0)
+    tokens_out = models.BigIntegerField(default=0)
+    api_calls = models.BigIntegerField(default=0)
+    cost_micro_usd = models.BigIntegerField(default=0)
+    latency_ms = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=10, choices=Status.choices)
+    error_code = models.CharField(max_length=64, blank=True)
+    enforcement_mode = models.CharField(max_length=8, choices=EnforcementMode.choices)
+    would_refuse_code = models.CharField(
+        max_length=64, blank=True, help_text="SHADOW/SOFT: the refusal HARD mode would have returned."
+    )
+    usage_estimated = models.BooleanField(default=False)
+    attempts = models.JSONField(default=list, blank=True, help_text="Failed provider attempts before this one.")
+    admitted_at = models.DateTimeField(help_text="Admission time; decides the meter periods this row counts in.")
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(tokens_in__gte=0, tokens_out__gte=0, api_calls__gte=0, cost_micro_usd__gte=0),
+                name="usagelog_amounts_non_negative",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "admitted_at"], name="usagelog_tenant_time"),
+            models.Index(fields=["tenant", "user", "admitted_at"], name="usagelog_tenant_user_time"),
+            models.Index(fields=["admitted_at"], name="usagelog_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.status}"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.tokens_in + self.tokens_out
+
+
+class QuotaAlert(models.Model):
+    class Kind(models.TextChoices):
+        QUOTA_WARNING = "QUOTA_WARNING", "Quota warning (80 %)"
+        QUOTA_EXCEEDED = "QUOTA_EXCEEDED", "Quota exceeded (100 %)"
+        CONCURRENCY_LIMIT = "CONCURRENCY_LIMIT", "Concurrency limit (90 %)"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="quota_alerts")
+    meter = models.ForeignKey(UsageMeter, on_delete=models.CASCADE, related_name="alerts")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    period_start = models.DateTimeField()
+    policy_key = models.CharField(max_length=64)
+    limit_value = models.BigIntegerField()
+    observed_value = models.BigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    notified_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # Once per meter, kind and period: the database decides, not a check-then-insert.
+            models.UniqueConstraint(fields=["meter", "kind", "period_start"], name="uniq_alert_meter_kind_period"),
+        ]
+        indexes = [models.Index(fields=["tenant", "created_at"], name="alert_tenant_time")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.policy_key} ({self.tenant_id})"
+
+
+class Notification(models.Model):
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="notifications")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
+    alert = models.ForeignKey(QuotaAlert, null=True, blank=True, on_delete=models.CASCADE, related_name="notifications")
+    kind = models.CharField(max_length=32)
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["alert", "user"], condition=Q(alert__isnull=False), name="uniq_notification_alert_user"
+            ),
+        ]
+        indexes = [models.Index(fields=["user", "read_at"], name="notification_user_read")]
+
+    def __str__(self) -> str:
+        return self.title

@@ -1,0 +1,166 @@
+"""The one typed registry of policy keys: name, value type, unit, counted subject, meaning.
+
+Anything that saves a `PolicyRule` (admin, commands, API) validates through `validate_value`.
+
+How a key combines with tasks:
+- per-request and access keys: one effective value per task; a task-specific rule beats an
+  all-tasks rule of the same scope.
+- quota, concurrency and rate keys: a rule naming a task limits that task's meter; a rule
+  without a task limits all tasks together. Both kinds are enforced when both exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any
+
+from metering.models import Metric, Window
+
+
+class KeyKind(StrEnum):
+    PER_REQUEST = "per_request"
+    QUOTA = "quota"
+    CONCURRENCY = "concurrency"
+    RATE = "rate"
+    ACCESS = "access"
+
+
+class ValueType(StrEnum):
+    INT = "int"
+    USD = "usd"  # written in dollars ("25" or "12.50"), enforced as integer micro-USD
+    MODEL_CLASSES = "model_classes"
+
+
+class Subject(StrEnum):
+    REQUEST = "request"
+    TENANT = "tenant"
+    USER = "user"
+
+
+class PolicyValueError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class PolicyKey:
+    name: str
+    kind: KeyKind
+    value_type: ValueType
+    unit: str
+    subject: Subject
+    description: str
+    metric: Metric | None = None
+    window: Window | None = None
+
+    @property
+    def is_metered(self) -> bool:
+        return self.metric is not None
+
+
+def _key(*args: Any, **kwargs: Any) -> PolicyKey:
+    return PolicyKey(*args, **kwargs)
+
+
+_R, _T, _U = Subject.REQUEST, Subject.TENANT, Subject.USER
+_KEYS = [
+    _key("max_tokens_in", KeyKind.PER_REQUEST, ValueType.INT, "tokens", _R, "Most input tokens one request may send."),
+    _key("max_tokens_out", KeyKind.PER_REQUEST, ValueType.INT, "tokens", _R,
+         "Most output tokens per request (per step for agents); larger requests are clamped."),
+    _key("agent_max_steps", KeyKind.PER_REQUEST, ValueType.INT, "steps", _R, "Most agent steps in one drafting run."),
+    _key("max_steps", KeyKind.PER_REQUEST, ValueType.INT, "steps", _R, "Most generation + repair steps per request."),
+    _key("diagram_files_per_req", KeyKind.PER_REQUEST, ValueType.INT, "files", _R, "Most diagram files per request."),
+    _key("retrieval_top_k", KeyKind.PER_REQUEST, ValueType.INT, "results", _R, "Most prior-art candidates kept."),
+    _key("max_api_calls", KeyKind.PER_REQUEST, ValueType.INT, "calls", _R,
+         "Most outbound API calls (LLM and search) one request may make."),
+    _key("tenant_tokens_per_day", KeyKind.QUOTA, ValueType.INT, "tokens", _T, "Tenant tokens (in + out) per UTC day.",
+         Metric.TOKENS, Window.DAY),
+    _key("tenant_tokens_per_month", KeyKind.QUOTA, ValueType.INT, "tokens", _T, "Tenant tokens per calendar month.",
+         Metric.TOKENS, Window.MONTH),
+    _key("user_tokens_per_day", KeyKind.QUOTA, ValueType.INT, "tokens", _U, "One user's tokens per UTC day.",
+         Metric.TOKENS, Window.DAY),
+    _key("user_tokens_per_month", KeyKind.QUOTA, ValueType.INT, "tokens", _U, "One user's tokens per month.",
+         Metric.TOKENS, Window.MONTH),
+    _key("tenant_cost_per_month_usd", KeyKind.QUOTA, ValueType.USD, "USD", _T,
+         "Tenant spend per month; enforced in integer micro-USD.", Metric.COST, Window.MONTH),
+    _key("tenant_api_calls_per_month", KeyKind.QUOTA, ValueType.INT, "calls", _T,
+         "Tenant outbound API calls (LLM and search) per month.", Metric.API_CALLS, Window.MONTH),
+    _key("max_concurrent", KeyKind.CONCURRENCY, ValueType.INT, "calls", _T, "Tenant calls in flight at once.",
+         Metric.CONCURRENT, Window.NONE),
+    _key("user_max_concurrent", KeyKind.CONCURRENCY, ValueType.INT, "calls", _U, "One user's calls in flight at once.",
+         Metric.CONCURRENT, Window.NONE),
+    _key("tenant_rpm", KeyKind.RATE, ValueType.INT, "requests/min", _T, "Tenant requests per minute.",
+         Metric.REQUESTS, Window.MINUTE),
+    _key("user_rpm", KeyKind.RATE, ValueType.INT, "requests/min", _U, "One user's requests per minute.",
+         Metric.REQUESTS, Window.MINUTE),
+    _key("tenant_tpm", KeyKind.RATE, ValueType.INT, "tokens/min", _T, "Tenant tokens per minute.",
+         Metric.TOKENS, Window.MINUTE),
+    _key("allowed_model_classes", KeyKind.ACCESS, ValueType.MODEL_CLASSES, "model classes", _R,
+         "Narrows the plan's model classes (e.g. only the cheaper ones once a quota is nearly used)."),
+]
+
+POLICY_KEYS: dict[str, PolicyKey] = {k.name: k for k in _KEYS}
+METERED_KEYS: list[PolicyKey] = [k for k in _KEYS if k.is_metered]
+
+
+def get_key(name: str) -> PolicyKey:
+    try:
+        return POLICY_KEYS[name]
+    except KeyError:
+        raise PolicyValueError(
+            f"Unknown policy key '{name}'. Known keys: {', '.join(sorted(POLICY_KEYS))}."
+        ) from None
+
+
+def usd_to_micro(value: Any) -> int:
+    try:
+        amount = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise PolicyValueError(f"'{value}' is not an amount of USD.") from None
+    micro = amount * 1_000_000
+    if micro != micro.to_integral_value():
+        raise PolicyValueError(f"'{value}' has more than 6 decimal places.")
+    return int(micro)
+
+
+def validate_value(name: str, value: Any) -> Any:
+    """Return the canonical JSON value for the key, or raise PolicyValueError with a helpful message."""
+    key = get_key(name)
+    if key.value_type == ValueType.INT:
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PolicyValueError(f"'{name}' takes a whole number of {key.unit}, not {value!r}.")
+        if value < 0:
+            raise PolicyValueError(f"'{name}' cannot be negative.")
+        return value
+    if key.value_type == ValueType.USD:
+        if isinstance(value, bool) or not isinstance(value, (int, str, float)):
+            raise PolicyValueError(f"'{name}' takes an amount of USD such as \"25\" or \"12.50\".")
+        micro = usd_to_micro(value)
+        if micro < 0:
+            raise PolicyValueError(f"'{name}' cannot be negative.")
+        # Stored as a string: a JSON float would round.
+        return str(Decimal(micro) / 1_000_000)
+    if key.value_type == ValueType.MODEL_CLASSES:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise PolicyValueError(f"'{name}' takes a list of model class codes, e.g. [\"BASE_S\", \"BASE_M\"].")
+        from catalog.models import ModelClass
+
+        known = set(ModelClass.objects.values_list("code", flat=True))
+        unknown = [v for v in value if v not in known]
+        if unknown:
+            raise PolicyValueError(f"Unknown model classes {unknown}; known: {sorted(known)}.")
+        return value
+    raise PolicyValueError(f"'{name}' has no validator.")  # pragma: no cover - registry is closed
+
+
+def enforced_amount(name: str, value: Any) -> Any:
+    """The value in the unit the meters count (micro-USD for USD keys)."""
+    key = get_key(name)
+    if key.value_type == ValueType.USD:
+        return usd_to_micro(value)
+    return value

@@ -1,0 +1,111 @@
+"""Who buys: tenants, their users, and the ATI tokens that carry each tenant's plan."""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class EnforcementMode(models.TextChoices):
+    SHADOW = "SHADOW", "Shadow (record, never block)"
+    SOFT = "SOFT", "Soft (block only per-request safety limits)"
+    HARD = "HARD", "Hard (block)"
+
+
+class ATIToken(models.Model):
+    """A plan entitlement issued by a super admin; `plan_tier` is the tenant's plan, nowhere else."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "ACTIVE", "Active"
+        REVOKED = "REVOKED", "Revoked"
+
+    id = models.CharField(primary_key=True, max_length=40, editable=False, verbose_name="ATI id")
+    plan_tier = models.CharField(max_length=32, help_text="A Plan.code.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    secret_hash = models.CharField(max_length=64, unique=True, editable=False)
+    tenant = models.ForeignKey(
+        "Tenant", null=True, blank=True, on_delete=models.PROTECT, related_name="ati_tokens",
+        help_text="The tenant this token was used for.",
+    )
+    used_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    note = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "ATI token"
+        indexes = [models.Index(fields=["status", "plan_tier"], name="ati_status_plan")]
+
+    def __str__(self) -> str:
+        return self.id
+
+    @staticmethod
+    def hash_secret(secret: str) -> str:
+        # The secret carries 256 random bits, so a plain SHA-256 is not brute-forceable
+        # and allows an indexed lookup (a salted slow hash would need a scan).
+        return hashlib.sha256(secret.encode()).hexdigest()
+
+    def is_expired(self, now=None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
+    def is_usable(self, now=None) -> bool:
+        return self.status == self.Status.ACTIVE and not self.is_expired(now)
+
+
+class Tenant(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "ACTIVE", "Active"
+        SUSPENDED = "SUSPENDED", "Suspended"
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=80, unique=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    signup_ati_token = models.OneToOneField(
+        ATIToken, on_delete=models.PROTECT, related_name="signup_tenant",
+        help_text="The ATI token whose plan_tier is this tenant's plan.",
+    )
+    enforcement_mode = models.CharField(
+        max_length=8, choices=EnforcementMode.choices, null=True, blank=True,
+        help_text="Empty = inherit GATEWAY_ENFORCEMENT_MODE.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [models.Index(fields=["status"], name="tenant_status")]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def plan_code(self) -> str:
+        return self.signup_ati_token.plan_tier
+
+
+class User(AbstractUser):
+    class Role(models.TextChoices):
+        ADMIN = "ADMIN", "Tenant admin"
+        MEMBER = "MEMBER", "Member"
+
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="users")
+    role = models.CharField(max_length=8, choices=Role.choices, default=Role.MEMBER)
+
+    class Meta(AbstractUser.Meta):
+        swappable = "AUTH_USER_MODEL"
+        constraints = [
+            # Super admins have no tenant; every other user belongs to exactly one.
+            models.CheckConstraint(
+                condition=Q(tenant__isnull=False) | Q(is_superuser=True) | Q(is_staff=True),
+                name="user_tenant_or_staff",
+            ),
+        ]
+        indexes = [models.Index(fields=["tenant", "role"], name="user_tenant_role")]
+
+    @property
+    def is_tenant_admin(self) -> bool:
+        return self.tenant_id is not None and self.role == self.Role.ADMIN

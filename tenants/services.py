@@ -1,0 +1,205 @@
+"""Writes about who buys: ATI tokens, tenants (signup) and their users."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from catalog.models import Plan
+from gateway_project.errors import BadRequest, Conflict, NotFound
+from tenants.models import ATIToken, EnforcementMode, Tenant, User
+from tenants.selectors import identity_cache_invalidate
+
+ATI_SECRET_PREFIX = "ati_secret_"
+
+
+@dataclass(frozen=True)
+class IssuedATIToken:
+    token: ATIToken
+    secret: str  # shown once, never stored
+
+
+def _validate_password(password: str, user: User | None = None) -> None:
+    try:
+        validate_password(password, user=user)
+    except ValidationError as exc:
+        raise BadRequest(" ".join(exc.messages), code="weak_password") from None
+
+
+@transaction.atomic
+def ati_token_issue(*, plan_code: str, expires_days: int | None = None, note: str = "") -> IssuedATIToken:
+    if not Plan.objects.filter(code=plan_code).exists():
+        known = ", ".join(Plan.objects.values_list("code", flat=True)) or "none (run seed_catalog)"
+        raise BadRequest(f"Unknown plan '{plan_code}'. Known plans: {known}.", code="plan_unknown")
+    if expires_days is not None and expires_days <= 0:
+        raise BadRequest("expires_days must be a positive number of days.", code="invalid_expiry")
+    secret = ATI_SECRET_PREFIX + secrets.token_urlsafe(32)
+    token = ATIToken.objects.create(
+        id="ati_" + secrets.token_hex(12),
+        plan_tier=plan_code,
+        secret_hash=ATIToken.hash_secret(secret),
+        expires_at=timezone.now() + timedelta(days=expires_days) if expires_days else None,
+        note=note,
+    )
+    return IssuedATIToken(token=token, secret=secret)
+
+
+@transaction.atomic
+def ati_token_revoke(*, ati_id: str) -> ATIToken:
+    token = ATIToken.objects.select_for_update().filter(pk=ati_id).first()
+    if token is None:
+        raise NotFound(f"No ATI token with id '{ati_id}'.", code="ati_token_unknown")
+    token.status = ATIToken.Status.REVOKED
+    token.save(update_fields=["status"])
+    if token.tenant_id:
+        transaction.on_commit(lambda: identity_cache_invalidate(tenant_id=token.tenant_id))
+    return token
+
+
+def _unique_slug(name: str) -> str:
+    base = slugify(name)[:60] or "tenant"
+    slug, n = base, 2
+    while Tenant.objects.filter(slug=slug).exists():
+        slug, n = f"{base}-{n}", n + 1
+    return slug
+
+
+def _check_username_free(username: str) -> None:
+    if not username or len(username) > 150:
+        raise BadRequest("A username of 1 to 150 characters is required.", code="invalid_username")
+    if User.objects.filter(username__iexact=username).exists():
+        raise Conflict(f"The username '{username}' is taken.", code="username_taken")
+
+
+@transaction.atomic
+def tenant_signup(
+    *, ati_secret: str, tenant_name: str, username: str, email: str, password: str
+) -> tuple[Tenant, User]:
+    """Create a tenant and its first admin from an unused ATI token; the token's plan is the tenant's plan."""
+    if not tenant_name.strip():
+        raise BadRequest("tenant_name is required.", code="invalid_tenant_name")
+    # Row lock: two signups racing with the same secret serialize here.
+    token = ATIToken.objects.select_for_update().filter(secret_hash=ATIToken.hash_secret(ati_secret or "")).first()
+    if token is None:
+        raise BadRequest("Unknown ATI token.", code="ati_token_unknown")
+    if token.status == ATIToken.Status.REVOKED:
+        raise BadRequest("This ATI token has been revoked.", code="ati_token_revoked")
+    if token.is_expired():
+        raise BadRequest("This ATI token has expired.", code="ati_token_expired")
+    if token.tenant_id is not None:
+        raise BadRequest("This ATI token has already been used.", code="ati_token_used")
+    if not Plan.objects.filter(code=token.plan_tier, is_active=True).exists():
+        raise BadRequest(f"This ATI token's plan '{token.plan_tier}' is not available.", code="plan_unknown")
+    _check_username_free(username)
+    candidate = User(username=username, email=email)
+    _validate_password(password, candidate)
+
+    tenant = Tenant.objects.create(name=tenant_name.strip(), slug=_unique_slug(tenant_name), signup_ati_token=token)
+    claimed = ATIToken.objects.filter(pk=token.pk, tenant__isnull=True).update(tenant=tenant, used_at=timezone.now())
+    if claimed != 1:
+        raise BadRequest("This ATI token has already been used.", code="ati_token_used")
+    user = _user_create(tenant=tenant, username=username, email=email, password=password, role=User.Role.ADMIN)
+    return tenant, user
+
+
+def _user_create(*, tenant: Tenant, username: str, email: str, password: str, role: str) -> User:
+    if role not in User.Role.values:
+        raise BadRequest(f"role must be one of {', '.join(User.Role.values)}.", code="invalid_role")
+    _check_username_free(username)
+    user = User(username=username, email=email, tenant=tenant, role=role)
+    _validate_password(password, user)
+    user.set_password(password)
+    try:
+        with transaction.atomic():
+            user.save()
+    except IntegrityError:
+        raise Conflict(f"The username '{username}' is taken.", code="username_taken") from None
+    return user
+
+
+@transaction.atomic
+def user_create(*, tenant: Tenant, username: str, email: str, password: str, role: str = User.Role.MEMBER) -> User:
+    return _user_create(tenant=tenant, username=username, email=email, password=password, role=role)
+
+
+@transaction.atomic
+def user_update(
+    *,
+    user: User,
+    actor: User,
+    email: str | None = None,
+    role: str | None = None,
+    is_active: bool | None = None,
+    password: str | None = None,
+) -> User:
+    if role is not None and role not in User.Role.values:
+        raise BadRequest(f"role must be one of {', '.join(User.Role.values)}.", code="invalid_role")
+    losing_admin = (role is not None and role != User.Role.ADMIN) or is_active is False
+    if losing_admin and user.role == User.Role.ADMIN:
+        if user.pk == actor.pk:
+            raise BadRequest("You cannot demote or deactivate yourself.", code="cannot_change_self")
+        other_admins = User.objects.filter(tenant_id=user.tenant_id, role=User.Role.ADMIN, is_active=True).exclude(
+            pk=user.pk
+        )
+        if not other_admins.exists():
+            raise BadRequest("A tenant must keep at least one active admin.", code="last_admin")
+    fields: list[str] = []
+    if email is not None:
+        user.email, fields = email, fields + ["email"]
+    if role is not None:
+        user.role, fields = role, fields + ["role"]
+    if is_active is not None:
+        user.is_active, fields = is_active, fields + ["is_active"]
+    if password is not None:
+        _validate_password(password, user)
+        user.set_password(password)
+        fields.append("password")
+    if fields:
+        user.save(update_fields=fields)
+        transaction.on_commit(lambda: identity_cache_invalidate(tenant_id=user.tenant_id))
+    return user
+
+
+def user_deactivate(*, user: User, actor: User) -> User:
+    """Users are deactivated, not deleted: the ledger keeps pointing at who spent what."""
+    return user_update(user=user, actor=actor, is_active=False)
+
+
+@transaction.atomic
+def tenant_set_status(*, slug: str, status: str) -> Tenant:
+    tenant = Tenant.objects.select_for_update().filter(slug=slug).first()
+    if tenant is None:
+        raise NotFound(f"No tenant with slug '{slug}'.", code="tenant_unknown")
+    tenant.status = status
+    tenant.save(update_fields=["status"])
+    transaction.on_commit(lambda: identity_cache_invalidate(tenant_id=tenant.pk))
+    return tenant
+
+
+def tenant_suspend(*, slug: str) -> Tenant:
+    return tenant_set_status(slug=slug, status=Tenant.Status.SUSPENDED)
+
+
+def tenant_activate(*, slug: str) -> Tenant:
+    return tenant_set_status(slug=slug, status=Tenant.Status.ACTIVE)
+
+
+@transaction.atomic
+def tenant_set_enforcement_mode(*, slug: str, mode: str | None) -> Tenant:
+    """mode None = inherit the global GATEWAY_ENFORCEMENT_MODE."""
+    if mode is not None and mode not in EnforcementMode.values:
+        raise BadRequest(f"mode must be one of {', '.join(EnforcementMode.values)} or inherit.", code="invalid_mode")
+    tenant = Tenant.objects.select_for_update().filter(slug=slug).first()
+    if tenant is None:
+        raise NotFound(f"No tenant with slug '{slug}'.", code="tenant_unknown")
+    tenant.enforcement_mode = mode
+    tenant.save(update_fields=["enforcement_mode"])
+    transaction.on_commit(lambda: identity_cache_invalidate(tenant_id=tenant.pk))
+    return tenant

@@ -1,0 +1,12 @@
+from django.urls import path
+
+from tenants import apis
+
+urlpatterns = [
+    path("auth/signup/", apis.SignupApi.as_view(), name="auth-signup"),
+    path("auth/token/", apis.TokenObtainApi.as_view(), name="auth-token"),
+    path("auth/token/refresh/", apis.TokenRefreshApi.as_view(), name="auth-token-refresh"),
+    path("me/", apis.MeApi.as_view(), name="me"),
+    path("tenant/users/", apis.TenantUserListApi.as_view(), name="tenant-users"),
+    path("tenant/users/<int:user_id>/", apis.TenantUserDetailApi.as_view(), name="tenant-user-detail"),
+]

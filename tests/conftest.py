@@ -1,0 +1,87 @@
+"""Shared fixtures: the seeded catalog and personas (a tenant admin, a member, an outsider)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytest
+from django.core.cache import cache
+from django.core.management import call_command
+from rest_framework.test import APIClient
+
+from tenants import services as tenant_services
+from tenants.models import Tenant, User
+from tenants.tokens import tokens_for_user
+
+PASSWORD = "correct-horse-battery-staple-42"
+
+
+def pytest_collection_modifyitems(config, items):
+    # In CI every service is there: a test that would skip for want of one must fail instead.
+    if os.environ.get("CI") and not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
+        raise pytest.UsageError("CI must set DATABASE_URL and REDIS_URL so that no test skips.")
+
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def catalog(db):
+    call_command("seed_catalog", verbosity=0)
+
+
+@dataclass
+class Persona:
+    user: User
+    tenant: Tenant | None
+
+    @property
+    def client(self) -> APIClient:
+        client = APIClient()
+        if self.user.tenant_id is not None:
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens_for_user(self.user)['access']}")
+        return client
+
+
+def make_tenant(name: str, admin_username: str, plan: str = "PRO") -> tuple[Tenant, User]:
+    issued = tenant_services.ati_token_issue(plan_code=plan)
+    return tenant_services.tenant_signup(
+        ati_secret=issued.secret, tenant_name=name, username=admin_username,
+        email=f"{admin_username}@example.com", password=PASSWORD,
+    )
+
+
+@pytest.fixture
+def tenant_admin(catalog) -> Persona:
+    tenant, admin = make_tenant("Acme Patents", "acme-admin")
+    return Persona(user=admin, tenant=tenant)
+
+
+@pytest.fixture
+def member(tenant_admin) -> Persona:
+    user = tenant_services.user_create(
+        tenant=tenant_admin.tenant, username="acme-member", email="member@example.com", password=PASSWORD
+    )
+    return Persona(user=user, tenant=tenant_admin.tenant)
+
+
+@pytest.fixture
+def outsider(catalog) -> Persona:
+    tenant, admin = make_tenant("Globex IP", "globex-admin")
+    return Persona(user=admin, tenant=tenant)
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    """Every failure uses the one error shape."""
+    assert response.status_code == status, (response.status_code, getattr(response, "content", b"")[:500])
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert body["error"]["code"] == code, body
+    assert body["error"]["message"] and body["error"]["type"], body
+    return body
