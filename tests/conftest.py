@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 from django.core.cache import cache
 from django.core.management import call_command
+from django.test import override_settings
 from rest_framework.test import APIClient
 
 from tenants import services as tenant_services
@@ -24,8 +25,20 @@ def pytest_collection_modifyitems(config, items):
 
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_file_cache(tmp_path_factory):
+    """Without Redis, each test run gets its own file cache so parallel runs never share state."""
+    if os.environ.get("REDIS_URL"):
+        yield
+        return
+    location = tmp_path_factory.mktemp("cache")
+    caches = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(location)}}
+    with override_settings(CACHES=caches):
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _clear_cache():
+def _clear_cache(_private_file_cache):
     cache.clear()
     yield
     cache.clear()
