@@ -33,7 +33,9 @@ def readyz(request: HttpRequest) -> JsonResponse:
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return JsonResponse({"error": {"code": "not_found", "message": "Not found.", "type": "not_found_error"}}, status=404)
+    return JsonResponse(
+        {"error": {"code": "not_found", "message": "Not found.", "type": "not_found_error"}}, status=404
+    )
 
 
 def server_error(request: HttpRequest) -> JsonResponse:

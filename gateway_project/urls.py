@@ -11,6 +11,8 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include("tenants.urls")),
+    path("api/", include("metering.urls")),
+    path("v1/", include("llm.urls")),
 ]
 
 handler404 = "gateway_project.health.not_found"

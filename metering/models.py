@@ -164,12 +164,17 @@ class UsageHold(models.Model):
     reservation = models.ForeignKey(UsageReservation, on_delete=models.CASCADE, related_name="holds")
     meter = models.ForeignKey(UsageMeter, on_delete=models.CASCADE, related_name="holds")
     amount = models.BigIntegerField()
+    policy_key = models.CharField(max_length=64)
+    limit_value = models.BigIntegerField(help_text="The limit in force at admission (alerts compare against it).")
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["reservation", "meter"], name="uniq_hold_reservation_meter"),
             models.CheckConstraint(condition=Q(amount__gte=0), name="hold_amount_non_negative"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.policy_key} {self.amount} on meter {self.meter_id}"
 
 
 class UsageLog(models.Model):

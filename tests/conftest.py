@@ -28,12 +28,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session", autouse=True)
 def _private_file_cache(tmp_path_factory):
     """Without Redis, each test run gets its own file cache so parallel runs never share state."""
+    # A fast hasher: the suite creates many users and PBKDF2 would dominate its run time.
+    fast = {"PASSWORD_HASHERS": ["django.contrib.auth.hashers.MD5PasswordHasher"]}
     if os.environ.get("REDIS_URL"):
-        yield
+        with override_settings(**fast):
+            yield
         return
     location = tmp_path_factory.mktemp("cache")
     caches = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(location)}}
-    with override_settings(CACHES=caches):
+    with override_settings(CACHES=caches, **fast):
         yield
 
 

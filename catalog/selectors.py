@@ -1,0 +1,128 @@
+"""Read-side catalog lookups, cached in the shared cache and invalidated by a generation bump."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from django.core.cache import cache
+
+from catalog.models import ModelClass, PlanFeature, PlanLLMAccess, ProviderModel, Task
+
+T = TypeVar("T")
+_GEN_KEY = "catalog-gen"
+_TTL = 300
+
+
+def catalog_cache_invalidate() -> None:
+    cache.set(_GEN_KEY, uuid.uuid4().hex, None)
+
+
+def _cached(name: str, build: Callable[[], T]) -> T:
+    generation = cache.get(_GEN_KEY)
+    if generation is None:
+        cache.add(_GEN_KEY, uuid.uuid4().hex, None)
+        generation = cache.get(_GEN_KEY)
+    key = f"catalog:{generation}:{name}"
+    value = cache.get(key)
+    if value is None:
+        value = build()
+        cache.set(key, value, _TTL)
+    return value
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    id: int
+    code: str
+    feature_id: int
+    feature_code: str
+
+
+@dataclass(frozen=True)
+class PlanEntitlements:
+    feature_ids: frozenset[int]
+    # task code -> allowed model class codes, cheapest (lowest rank) first
+    model_classes: dict[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: int
+    provider: str
+    model_name: str
+    model_class: str
+    class_rank: int
+    input_price: int | None
+    output_price: int | None
+    context_window: int
+    max_output_tokens: int
+    priority: int
+
+    @property
+    def is_priced(self) -> bool:
+        return self.input_price is not None and self.output_price is not None
+
+    def cost_micro_usd(self, *, tokens_in: int, tokens_out: int) -> int:
+        """Integer micro-USD, rounded up so no call is under-billed."""
+        numerator = tokens_in * (self.input_price or 0) + tokens_out * (self.output_price or 0)
+        return -(-numerator // 1_000_000)
+
+
+def _tasks() -> dict[str, TaskInfo]:
+    def build() -> dict[str, TaskInfo]:
+        return {
+            t.code: TaskInfo(id=t.pk, code=t.code, feature_id=t.feature_id, feature_code=t.feature.code)
+            for t in Task.objects.select_related("feature")
+        }
+
+    return _cached("tasks", build)
+
+
+def task_get(code: str) -> TaskInfo | None:
+    return _tasks().get(code)
+
+
+def tasks_all() -> list[TaskInfo]:
+    return sorted(_tasks().values(), key=lambda t: t.code)
+
+
+def plan_entitlements(plan_id: int) -> PlanEntitlements:
+    def build() -> PlanEntitlements:
+        features = frozenset(PlanFeature.objects.filter(plan_id=plan_id).values_list("feature_id", flat=True))
+        classes: dict[str, tuple[str, ...]] = {}
+        for access in PlanLLMAccess.objects.filter(plan_id=plan_id).select_related("task").prefetch_related(
+            "model_classes"
+        ):
+            ordered = sorted(access.model_classes.all(), key=lambda mc: mc.rank)
+            classes[access.task.code] = tuple(mc.code for mc in ordered)
+        return PlanEntitlements(feature_ids=features, model_classes=classes)
+
+    return _cached(f"plan:{plan_id}", build)
+
+
+def provider_models_active() -> list[ModelInfo]:
+    def build() -> list[ModelInfo]:
+        return [
+            ModelInfo(
+                id=m.pk,
+                provider=m.provider,
+                model_name=m.model_name,
+                model_class=m.model_class.code,
+                class_rank=m.model_class.rank,
+                input_price=m.input_price_per_mtok_micro_usd,
+                output_price=m.output_price_per_mtok_micro_usd,
+                context_window=m.context_window,
+                max_output_tokens=m.max_output_tokens,
+                priority=m.priority,
+            )
+            for m in ProviderModel.objects.filter(is_active=True).select_related("model_class")
+        ]
+
+    return _cached("provider-models", build)
+
+
+def model_class_codes() -> tuple[str, ...]:
+    return _cached("model-classes", lambda: tuple(ModelClass.objects.order_by("rank").values_list("code", flat=True)))

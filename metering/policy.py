@@ -1,0 +1,374 @@
+"""Policy evaluation: from a caller, a task and a request to an explainable `EnforcementDecision`.
+
+Checks, in order: feature in plan, task in plan, requested model class allowed, per-request
+limits (input counted by the caller, max_tokens_out clamped), then computes the holds that
+admission takes atomically for quotas, concurrency and rates. Reading rules is cached per
+subject and invalidated on every rule write (`policy_cache_invalidate`).
+"""
+
+from __future__ import annotations
+
+import uuid
+import zoneinfo
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.core.cache import cache
+from django.db.models import Q
+
+from catalog.selectors import (
+    ModelInfo,
+    TaskInfo,
+    model_class_codes,
+    plan_entitlements,
+    provider_models_active,
+    task_get,
+)
+from metering.models import Metric, PolicyRule, UsageMeter, Window
+from metering.periods import period_start
+from metering.policy_keys import METERED_KEYS, POLICY_KEYS, KeyKind, PolicyKey, Subject, enforced_amount
+from tenants.selectors import TenantContext
+
+SCOPE_RANK = {
+    PolicyRule.Scope.GLOBAL: 0,
+    PolicyRule.Scope.PLAN: 1,
+    PolicyRule.Scope.TENANT: 2,
+    PolicyRule.Scope.USER: 3,
+}
+_GEN_KEY = "policy-gen"
+
+
+def policy_cache_invalidate() -> None:
+    cache.set(_GEN_KEY, uuid.uuid4().hex, None)
+
+
+@dataclass(frozen=True)
+class RuleView:
+    id: int
+    scope: str
+    task_id: int | None
+    key: str
+    value: Any
+    weekdays: tuple[int, ...] | None
+    start_time: Any
+    end_time: Any
+    timezone: str
+    when_quota_key: str
+    when_usage_percent_gte: int | None
+    subject_label: str
+
+    @property
+    def is_narrowed(self) -> bool:
+        """Windowed or conditional rules are more specific than a plain rule of the same scope."""
+        return bool(self.weekdays or self.start_time or self.when_quota_key)
+
+    def source(self) -> str:
+        where = f"{self.scope.lower()} {self.subject_label}".strip()
+        extra = []
+        if self.weekdays or self.start_time:
+            extra.append("time window")
+        if self.when_quota_key:
+            extra.append(f"when {self.when_quota_key} >= {self.when_usage_percent_gte}%")
+        return f"rule #{self.id} ({where}{', ' + ', '.join(extra) if extra else ''})"
+
+    def applies_at(self, now: datetime) -> bool:
+        if not self.weekdays and not self.start_time and not self.end_time:
+            return True
+        try:
+            local = now.astimezone(zoneinfo.ZoneInfo(self.timezone or "UTC"))
+        except zoneinfo.ZoneInfoNotFoundError:
+            local = now
+        if self.weekdays and local.weekday() not in self.weekdays:
+            return False
+        current = local.time().replace(tzinfo=None)
+        if self.start_time and self.end_time:
+            if self.start_time <= self.end_time:
+                return self.start_time <= current < self.end_time
+            return current >= self.start_time or current < self.end_time  # window over midnight
+        if self.start_time:
+            return current >= self.start_time
+        if self.end_time:
+            return current < self.end_time
+        return True
+
+
+def _load_rules(context: TenantContext) -> list[RuleView]:
+    generation = cache.get(_GEN_KEY)
+    if generation is None:
+        cache.add(_GEN_KEY, uuid.uuid4().hex, None)
+        generation = cache.get(_GEN_KEY)
+    key = f"policy-rules:{generation}:{context.plan_id}:{context.tenant_id}:{context.user_id}"
+    rules = cache.get(key)
+    if rules is None:
+        rows = PolicyRule.objects.filter(is_active=True).filter(
+            Q(scope=PolicyRule.Scope.GLOBAL)
+            | Q(scope=PolicyRule.Scope.PLAN, plan_id=context.plan_id)
+            | Q(scope=PolicyRule.Scope.TENANT, tenant_id=context.tenant_id)
+            | Q(scope=PolicyRule.Scope.USER, user_id=context.user_id)
+        )
+        labels = {
+            PolicyRule.Scope.GLOBAL: "",
+            PolicyRule.Scope.PLAN: context.plan_code,
+            PolicyRule.Scope.TENANT: context.tenant_slug,
+            PolicyRule.Scope.USER: context.user.username,
+        }
+        rules = [
+            RuleView(
+                id=r.pk, scope=r.scope, task_id=r.task_id, key=r.key, value=r.value,
+                weekdays=tuple(r.weekdays) if r.weekdays else None, start_time=r.start_time, end_time=r.end_time,
+                timezone=r.timezone, when_quota_key=r.when_quota_key, when_usage_percent_gte=r.when_usage_percent_gte,
+                subject_label=labels[r.scope],
+            )
+            for r in rows
+            if r.key in POLICY_KEYS  # rules are validated on save; an unknown key never applies
+        ]
+        cache.set(key, rules, 300)
+    return rules
+
+
+@dataclass(frozen=True)
+class Limit:
+    key: str
+    value: Any
+    source: str
+    task_code: str | None  # None = all tasks together (quota keys) / every task (per-request keys)
+
+
+@dataclass(frozen=True)
+class HoldSpec:
+    key: str
+    metric: str
+    window: str
+    period_start: datetime
+    user_id: int | None
+    task_id: int | None
+    limit: int
+    amount: int
+    source: str
+
+
+@dataclass
+class EnforcementDecision:
+    allowed: bool
+    task: TaskInfo | None = None
+    code: str = ""
+    message: str = ""
+    status: int = 200
+    retry_after: int | None = None
+    limits: dict[str, Limit] = field(default_factory=dict)
+    model_classes: list[str] = field(default_factory=list)
+    candidates: list[ModelInfo] = field(default_factory=list)
+    holds: list[HoldSpec] = field(default_factory=list)
+    tokens_in: int = 0
+    max_tokens_out: int = 0
+    api_calls: int = 1
+    warnings: list[str] = field(default_factory=list)
+    would_refuse_code: str = ""  # SHADOW: the per-request refusal HARD would have returned
+
+    @staticmethod
+    def refuse(code: str, message: str, status: int, task: TaskInfo | None = None,
+               retry_after: int | None = None) -> EnforcementDecision:
+        return EnforcementDecision(allowed=False, task=task, code=code, message=message, status=status,
+                                   retry_after=retry_after)
+
+
+class _Resolver:
+    """Most specific applicable rule wins; ties go to the tighter value."""
+
+    def __init__(self, rules: list[RuleView], context: TenantContext, task: TaskInfo, now: datetime) -> None:
+        self.rules = [r for r in rules if r.applies_at(now)]
+        self.context = context
+        self.task = task
+        self.now = now
+        self._usage: dict[tuple, int] | None = None
+
+    def _best(self, candidates: list[RuleView]) -> RuleView | None:
+        candidates = [r for r in candidates if self._condition_met(r)]
+        if not candidates:
+            return None
+
+        def rank(rule: RuleView) -> tuple:
+            tighter = -rule.value if isinstance(rule.value, int) else 0
+            return (SCOPE_RANK[rule.scope], rule.task_id is not None, rule.is_narrowed, tighter)
+
+        return max(candidates, key=rank)
+
+    def per_request(self, key: str) -> Limit | None:
+        rule = self._best([r for r in self.rules if r.key == key and r.task_id in (None, self.task.id)])
+        if rule is None:
+            return None
+        return Limit(key, rule.value, rule.source(), self.task.code if rule.task_id else None)
+
+    def metered(self, key: str, *, task_specific: bool, with_conditions: bool = True) -> Limit | None:
+        task_id = self.task.id if task_specific else None
+        candidates = [r for r in self.rules if r.key == key and r.task_id == task_id]
+        if not with_conditions:
+            candidates = [r for r in candidates if not r.when_quota_key]
+        rule = self._best(candidates) if with_conditions else (
+            max(candidates, key=lambda r: (SCOPE_RANK[r.scope], r.is_narrowed)) if candidates else None
+        )
+        if rule is None:
+            return None
+        value = enforced_amount(key, rule.value)
+        return Limit(key, value, rule.source(), self.task.code if task_specific else None)
+
+    def _condition_met(self, rule: RuleView) -> bool:
+        if not rule.when_quota_key:
+            return True
+        quota = POLICY_KEYS.get(rule.when_quota_key)
+        if quota is None or not quota.is_metered:
+            return False
+        percent = 0
+        for task_specific in (False, True):
+            limit = self.metered(quota.name, task_specific=task_specific, with_conditions=False)
+            if limit is None or limit.value <= 0:
+                continue
+            used = self._meter_used(quota, task_specific=task_specific)
+            percent = max(percent, used * 100 // limit.value)
+        return percent >= (rule.when_usage_percent_gte or 0)
+
+    def _meter_used(self, key: PolicyKey, *, task_specific: bool) -> int:
+        if self._usage is None:
+            self._usage = {}
+            rows = UsageMeter.objects.filter(tenant_id=self.context.tenant_id).filter(
+                Q(user__isnull=True) | Q(user_id=self.context.user_id)
+            ).filter(period_start__in={period_start(w, self.now) for w in Window.values}).values_list(
+                "user_id", "task_id", "metric", "window", "period_start", "used", "reserved"
+            )
+            for user_id, task_id, metric, window, start, used, reserved in rows:
+                self._usage[(user_id, task_id, metric, window, start)] = used + reserved
+        user_id = self.context.user_id if key.subject == Subject.USER else None
+        task_id = self.task.id if task_specific else None
+        return self._usage.get((user_id, task_id, key.metric, key.window, period_start(key.window, self.now)), 0)
+
+
+def _select_models(requested: str, allowed: list[str]) -> tuple[list[str], ModelInfo | None, str | None]:
+    """Return (classes to try, pinned provider model, error code) for a `model` field."""
+    if requested in ("", "auto"):
+        return allowed, None, None
+    models = provider_models_active()
+    if requested in model_class_codes():
+        return ([requested], None, None) if requested in allowed else ([], None, "model_class_not_allowed")
+    pinned = next((m for m in models if m.model_name == requested), None)
+    if pinned is None:
+        return [], None, "model_not_found"
+    if pinned.model_class not in allowed:
+        return [], None, "model_class_not_allowed"
+    return [pinned.model_class], pinned, None
+
+
+def policy_evaluate(
+    *,
+    context: TenantContext,
+    task_code: str,
+    requested_model: str = "auto",
+    tokens_in: int,
+    requested_max_tokens_out: int | None = None,
+    api_calls: int | None = None,
+    now: datetime,
+    mode: str = "HARD",
+) -> EnforcementDecision:
+    task = task_get(task_code)
+    if task is None:
+        return EnforcementDecision.refuse("task_not_found", f"Unknown task '{task_code}'.", 404)
+    entitlements = plan_entitlements(context.plan_id)
+    if task.feature_id not in entitlements.feature_ids:
+        return EnforcementDecision.refuse(
+            "feature_not_in_plan", f"The {context.plan_code} plan does not include {task.feature_code}.", 403, task
+        )
+    plan_classes = list(entitlements.model_classes.get(task.code, ()))
+    if not plan_classes:
+        return EnforcementDecision.refuse(
+            "task_not_in_plan", f"The {context.plan_code} plan does not include task {task.code}.", 403, task
+        )
+    resolver = _Resolver(_load_rules(context), context, task, now)
+    narrowed = resolver.per_request("allowed_model_classes")
+    allowed = [c for c in plan_classes if narrowed is None or c in narrowed.value]
+    classes, pinned, error = _select_models(requested_model, allowed)
+    if error == "model_not_found":
+        return EnforcementDecision.refuse("model_not_found", f"Unknown model '{requested_model}'.", 404, task)
+    if error or not classes:
+        return EnforcementDecision.refuse(
+            "model_class_not_allowed",
+            f"Model '{requested_model}' is not allowed for {task.code} on your plan; allowed: {', '.join(allowed)}.",
+            403, task,
+        )
+    candidates = [pinned] if pinned else sorted(
+        (m for m in provider_models_active() if m.model_class in classes),
+        key=lambda m: (classes.index(m.model_class), m.priority),
+    )
+
+    decision = EnforcementDecision(allowed=True, task=task, model_classes=classes, candidates=candidates,
+                                   tokens_in=tokens_in)
+    for name, key in POLICY_KEYS.items():
+        if key.kind == KeyKind.PER_REQUEST:
+            limit = resolver.per_request(name)
+            if limit is not None:
+                decision.limits[name] = limit
+    if narrowed is not None:
+        decision.limits["allowed_model_classes"] = narrowed
+
+    max_in = decision.limits.get("max_tokens_in")
+    if max_in is not None and tokens_in > max_in.value:
+        message = f"The input has {tokens_in} tokens; your limit is {max_in.value} ({max_in.source})."
+        if mode != "SHADOW":  # a per-request safety limit: SOFT blocks it too
+            return EnforcementDecision.refuse("input_too_large", message, 413, task)
+        decision.would_refuse_code = "input_too_large"
+        decision.warnings.append(message)
+    model_cap = min((m.max_output_tokens for m in candidates), default=None)
+    max_out_limit = decision.limits.get("max_tokens_out")
+    caps = [v for v in (max_out_limit.value if max_out_limit else None, model_cap) if v is not None]
+    wanted = requested_max_tokens_out if requested_max_tokens_out is not None else (min(caps) if caps else 1024)
+    decision.max_tokens_out = min([wanted, *caps])
+    if decision.max_tokens_out != wanted:
+        decision.warnings.append(f"max_tokens clamped from {wanted} to {decision.max_tokens_out}")
+    max_calls = decision.limits.get("max_api_calls")
+    decision.api_calls = api_calls if api_calls is not None else 1
+    if max_calls is not None:
+        decision.api_calls = min(decision.api_calls, max_calls.value)
+
+    worst_cost = max(
+        (m.cost_micro_usd(tokens_in=tokens_in, tokens_out=decision.max_tokens_out) for m in candidates), default=0
+    )
+    amounts = {
+        Metric.TOKENS: tokens_in + decision.max_tokens_out,
+        Metric.COST: worst_cost,
+        Metric.API_CALLS: decision.api_calls,
+        Metric.REQUESTS: 1,
+        Metric.CONCURRENT: 1,
+    }
+    for key in METERED_KEYS:
+        for task_specific in (False, True):
+            limit = resolver.metered(key.name, task_specific=task_specific)
+            if limit is None:
+                continue
+            amount = amounts[key.metric]
+            decision.holds.append(
+                HoldSpec(
+                    key=key.name, metric=key.metric, window=key.window, period_start=period_start(key.window, now),
+                    user_id=context.user_id if key.subject == Subject.USER else None,
+                    task_id=task.id if task_specific else None, limit=int(limit.value), amount=amount,
+                    source=limit.source,
+                )
+            )
+            decision.limits[f"{key.name}{':' + task.code if task_specific else ''}"] = limit
+    return decision
+
+
+def effective_limits(*, context: TenantContext, task_code: str, now: datetime) -> list[Limit]:
+    """Every limit that applies to the caller for one task, with the rule it came from."""
+    task = task_get(task_code)
+    if task is None:
+        return []
+    resolver = _Resolver(_load_rules(context), context, task, now)
+    limits: list[Limit] = []
+    for name, key in POLICY_KEYS.items():
+        if key.is_metered:
+            limits.extend(x for x in (resolver.metered(name, task_specific=False),
+                                      resolver.metered(name, task_specific=True)) if x is not None)
+        else:
+            limit = resolver.per_request(name)
+            if limit is not None:
+                limits.append(limit)
+    return limits

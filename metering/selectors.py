@@ -1,0 +1,108 @@
+"""Reads for callers and operators: effective limits, quota status, usage aggregates, ledger rows."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import TruncDate
+
+from catalog.selectors import tasks_all
+from metering.models import UsageLog, UsageMeter
+from metering.periods import period_end, period_start
+from metering.policy import Limit, effective_limits
+from metering.policy_keys import POLICY_KEYS
+from tenants.selectors import TenantContext
+
+
+def _limit_payload(limit: Limit) -> dict[str, Any]:
+    key = POLICY_KEYS[limit.key]
+    return {"key": limit.key, "value": limit.value, "unit": key.unit, "kind": key.kind.value,
+            "applies_to_task": limit.task_code, "source": limit.source}
+
+
+def limits_for_caller(*, context: TenantContext, now: datetime) -> dict[str, list[dict[str, Any]]]:
+    return {task.code: [_limit_payload(x) for x in effective_limits(context=context, task_code=task.code, now=now)]
+            for task in tasks_all()}
+
+
+def quota_for_caller(*, context: TenantContext, now: datetime) -> list[dict[str, Any]]:
+    """Every metered limit that applies to the caller, with the current period's meter."""
+    tasks = {t.code: t for t in tasks_all()}
+    wanted: dict[tuple, dict[str, Any]] = {}
+    for task in tasks.values():
+        for limit in effective_limits(context=context, task_code=task.code, now=now):
+            key = POLICY_KEYS[limit.key]
+            if not key.is_metered:
+                continue
+            user_id = context.user_id if key.subject == "user" else None
+            task_id = task.id if limit.task_code else None
+            start = period_start(key.window, now)
+            wanted.setdefault((user_id, task_id, key.metric, key.window, start), {
+                "key": limit.key, "metric": key.metric, "window": key.window,
+                "task": limit.task_code, "subject": key.subject.value, "limit": int(limit.value),
+                "source": limit.source, "period_start": start, "resets_at": period_end(key.window, start),
+            })
+    meters = {
+        (m.user_id, m.task_id, m.metric, m.window, m.period_start): m
+        for m in UsageMeter.objects.filter(tenant_id=context.tenant_id).filter(
+            Q(user__isnull=True) | Q(user_id=context.user_id)
+        ).filter(period_start__in={k[4] for k in wanted})
+    }
+    rows = []
+    for subject, info in wanted.items():
+        meter = meters.get(subject)
+        used, reserved = (meter.used, meter.reserved) if meter else (0, 0)
+        limit = info["limit"]
+        rows.append({**info, "used": used, "reserved": reserved,
+                     "remaining": max(0, limit - used - reserved),
+                     "percent": round((used + reserved) * 100 / limit, 1) if limit else 100.0})
+    return sorted(rows, key=lambda r: (r["task"] or "", r["key"]))
+
+
+GROUPS = {"task": "task__code", "user": "user__username", "day": "day", "model": "model_name"}
+
+
+def _day_bounds(start: date, end: date) -> tuple[datetime, datetime]:
+    from datetime import UTC
+
+    return datetime.combine(start, time.min, UTC), datetime.combine(end + timedelta(days=1), time.min, UTC)
+
+
+def usage_logs_visible(*, context: TenantContext) -> QuerySet[UsageLog]:
+    """Tenant admins see their whole tenant, members only themselves."""
+    rows = UsageLog.objects.filter(tenant_id=context.tenant_id)
+    if not context.is_tenant_admin:
+        rows = rows.filter(user_id=context.user_id)
+    return rows
+
+
+def usage_aggregate(*, context: TenantContext, start: date, end: date, group_by: str) -> list[dict[str, Any]]:
+    low, high = _day_bounds(start, end)
+    rows = usage_logs_visible(context=context).filter(admitted_at__gte=low, admitted_at__lt=high)
+    if group_by == "day":
+        rows = rows.annotate(day=TruncDate("admitted_at"))
+    field = GROUPS[group_by]
+    result = (
+        rows.values(field)
+        .annotate(
+            tokens_in=Sum("tokens_in"), tokens_out=Sum("tokens_out"), api_calls=Sum("api_calls"),
+            cost_micro_usd=Sum("cost_micro_usd"),
+            requests=Count("id", filter=~Q(status=UsageLog.Status.REFUSED)),
+            refused=Count("id", filter=Q(status=UsageLog.Status.REFUSED)),
+        )
+        .order_by(field)
+    )
+    return [
+        {group_by: r[field], "tokens_in": r["tokens_in"] or 0, "tokens_out": r["tokens_out"] or 0,
+         "total_tokens": (r["tokens_in"] or 0) + (r["tokens_out"] or 0), "api_calls": r["api_calls"] or 0,
+         "cost_micro_usd": r["cost_micro_usd"] or 0, "requests": r["requests"], "refused": r["refused"]}
+        for r in result
+    ]
+
+
+def usage_logs_page(*, context: TenantContext) -> QuerySet[UsageLog]:
+    return usage_logs_visible(context=context).select_related("task", "user").order_by("-admitted_at", "-id")
+
+
