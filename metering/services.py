@@ -19,9 +19,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
-from gateway_project.errors import Conflict, TooManyRequests
+from gateway_project.errors import BadRequest, Conflict, TooManyRequests
 from metering.models import (
     Metric,
+    PolicyRule,
     QuotaAlert,
     UsageHold,
     UsageLog,
@@ -418,3 +419,65 @@ def alert_notifications_create(*, alert_id: int) -> int:
         ignore_conflicts=True,
     )
     return admins.count()
+
+
+@transaction.atomic
+def policy_rule_set(
+    *,
+    scope: str,
+    key: str,
+    value: Any,
+    plan: Any = None,
+    tenant: Any = None,
+    user: Any = None,
+    task: Any = None,
+    weekdays: list[int] | None = None,
+    start_time: Any = None,
+    end_time: Any = None,
+    timezone_name: str = "UTC",
+    when_quota_key: str = "",
+    when_usage_percent_gte: int | None = None,
+    note: str = "",
+) -> PolicyRule:
+    """Create or update the one rule for (scope, subject, task, key, window, condition), validated."""
+    from metering.policy import policy_cache_invalidate
+    from metering.policy_keys import PolicyValueError, validate_value
+
+    try:
+        canonical = validate_value(key, value)
+        if when_quota_key:
+            quota = POLICY_KEYS.get(when_quota_key)
+            if quota is None or quota.kind != KeyKind.QUOTA:
+                raise PolicyValueError(f"'{when_quota_key}' is not a quota key; a condition must name one.")
+            if when_usage_percent_gte is None or not (0 < when_usage_percent_gte <= 100):
+                raise PolicyValueError("A usage condition needs a percentage between 1 and 100.")
+        if weekdays is not None and (not weekdays or any(d not in range(7) for d in weekdays)):
+            raise PolicyValueError("weekdays are numbers 0 (Monday) to 6 (Sunday).")
+    except PolicyValueError as error:
+        raise BadRequest(str(error), code="invalid_policy") from None
+    subjects = {PolicyRule.Scope.GLOBAL: {}, PolicyRule.Scope.PLAN: {"plan": plan},
+                PolicyRule.Scope.TENANT: {"tenant": tenant}, PolicyRule.Scope.USER: {"user": user}}
+    if scope not in subjects:
+        raise BadRequest("scope must be GLOBAL, PLAN, TENANT or USER.", code="invalid_policy")
+    subject = subjects[scope]
+    if any(v is None for v in subject.values()):
+        raise BadRequest(f"A {scope} rule needs its {', '.join(subject)}.", code="invalid_policy")
+    lookup = {"scope": scope, "plan": None, "tenant": None, "user": None, **subject, "task": task, "key": key,
+              "weekdays": weekdays, "start_time": start_time, "end_time": end_time,
+              "when_quota_key": when_quota_key}
+    if weekdays is None:
+        lookup["weekdays__isnull"] = True
+        del lookup["weekdays"]
+    rule = PolicyRule.objects.filter(**lookup).first()
+    if rule is None:
+        lookup.pop("weekdays__isnull", None)
+        rule = PolicyRule(**{**lookup, "weekdays": weekdays})
+    rule.value = canonical
+    rule.timezone = timezone_name
+    rule.when_usage_percent_gte = when_usage_percent_gte
+    rule.note = note or rule.note
+    rule.is_active = True
+    rule.seeded = False  # an operator's rule: a re-seed never touches it
+    rule.save()
+    transaction.on_commit(policy_cache_invalidate)
+    return rule
