@@ -153,7 +153,7 @@ else:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-            "LOCATION": str(VAR_DIR / "cache"),
+            "LOCATION": env.str("FILE_CACHE_DIR", default=str(VAR_DIR / "cache")),
         }
     }
 IDENTITY_CACHE_SECONDS = env.int("IDENTITY_CACHE_SECONDS", default=60)

@@ -182,7 +182,8 @@ def _decision_without_db(context, task_code, chat, tokens_in, now, mode) -> Enfo
     # Rules and catalog come from the shared cache; only the meters were unreachable.
     try:
         decision = policy_evaluate(context=context, task_code=task_code, requested_model=chat.model,
-                                   tokens_in=tokens_in, requested_max_tokens_out=chat.max_tokens, now=now, mode=mode)
+                                   tokens_in=tokens_in, requested_max_tokens_out=chat.max_tokens, now=now, mode=mode,
+                                   usage_unavailable=True)
     except DatabaseError:
         raise ServiceUnavailable("Metering is unavailable and the policy cache is cold.",
                                  code="metering_unavailable", retry_after=5) from None

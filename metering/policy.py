@@ -176,12 +176,14 @@ class EnforcementDecision:
 class _Resolver:
     """Most specific applicable rule wins; ties go to the tighter value."""
 
-    def __init__(self, rules: list[RuleView], context: TenantContext, task: TaskInfo, now: datetime) -> None:
+    def __init__(self, rules: list[RuleView], context: TenantContext, task: TaskInfo, now: datetime,
+                 usage_unavailable: bool = False) -> None:
         self.rules = [r for r in rules if r.applies_at(now)]
         self.context = context
         self.task = task
         self.now = now
-        self._usage: dict[tuple, int] | None = None
+        # Metering database down (SHADOW/SOFT failing open): usage conditions count as not met.
+        self._usage: dict[tuple, int] | None = {} if usage_unavailable else None
 
     def _best(self, candidates: list[RuleView]) -> RuleView | None:
         candidates = [r for r in candidates if self._condition_met(r)]
@@ -268,6 +270,7 @@ def policy_evaluate(
     api_calls: int | None = None,
     now: datetime,
     mode: str = "HARD",
+    usage_unavailable: bool = False,
 ) -> EnforcementDecision:
     task = task_get(task_code)
     if task is None:
@@ -282,7 +285,7 @@ def policy_evaluate(
         return EnforcementDecision.refuse(
             "task_not_in_plan", f"The {context.plan_code} plan does not include task {task.code}.", 403, task
         )
-    resolver = _Resolver(_load_rules(context), context, task, now)
+    resolver = _Resolver(_load_rules(context), context, task, now, usage_unavailable)
     narrowed = resolver.per_request("allowed_model_classes")
     allowed = [c for c in plan_classes if narrowed is None or c in narrowed.value]
     classes, pinned, error = _select_models(requested_model, allowed)
