@@ -40,6 +40,17 @@ def _private_file_cache(tmp_path_factory):
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _celery_eager():
+    """Tasks run inline in tests; the Celery integration tests start a real worker themselves."""
+    from gateway_project.celery import app
+
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = previous
+
+
 @pytest.fixture(autouse=True)
 def _clear_cache(_private_file_cache):
     cache.clear()

@@ -1,0 +1,207 @@
+"""The enforcement issue's race tests: real parallel HTTP requests to uvicorn worker processes
+against PostgreSQL. After each scenario `meters_reconcile` must report zero drift."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import httpx
+import pytest
+from django.conf import settings
+from django.db.models import F, Sum
+from django.utils import timezone
+
+from catalog.models import Task
+from llm.tokenizer import messages_tokens
+from metering.models import QuotaAlert, UsageLog, UsageMeter, UsageReservation
+from metering.services import meters_reconcile, policy_rule_set, reservations_expire
+from metering.spool import spool_pending, spool_replay
+from tenants.services import tenant_set_enforcement_mode
+from tenants.tokens import tokens_for_user
+from tests.integration.gateway_server import TcpProxy, gateway_server
+
+TASK = "LLM1_PRIOR_ART"
+MESSAGES = [{"role": "user", "content": "A hinge with a self-locking detent for folding patent drawings."}]
+MAX_OUT = 10  # the offline provider writes at least 12 words, so every answer hits max_tokens exactly
+PER_CALL_TOKENS = messages_tokens(MESSAGES) + MAX_OUT
+
+
+def _post(base: str, token: str, *, body: dict | None = None, headers: dict | None = None, timeout: float = 30):
+    return httpx.post(
+        f"{base}/v1/{TASK}/chat/completions",
+        json=body or {"model": "auto", "messages": MESSAGES, "max_tokens": MAX_OUT},
+        headers={"Authorization": f"Bearer {token}", **(headers or {})},
+        timeout=timeout,
+    )
+
+
+def _fire(base: str, token: str, count: int, **kwargs) -> list[httpx.Response]:
+    barrier = threading.Barrier(count)
+
+    def one(_):
+        barrier.wait()  # release every request at the same instant
+        return _post(base, token, **kwargs)
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def _unlimited_concurrency(tenant) -> None:
+    policy_rule_set(scope="TENANT", tenant=tenant, task=Task.objects.get(code=TASK), key="max_concurrent", value=1000)
+
+
+def _assert_no_holds_left(tenant) -> None:
+    assert UsageMeter.objects.filter(tenant=tenant).aggregate(r=Sum("reserved"))["r"] == 0
+    assert not UsageReservation.objects.filter(tenant=tenant, status=UsageReservation.Status.ACTIVE).exists()
+    assert meters_reconcile() == []
+
+
+def _max_overlap(rows) -> int:
+    events = sorted([(r.admitted_at, 1) for r in rows] + [(r.created_at, -1) for r in rows], key=lambda e: (e[0], e[1]))
+    current = peak = 0
+    for _, delta in events:
+        current += delta
+        peak = max(peak, current)
+    return peak
+
+
+def test_quota_fitting_n_requests_admits_exactly_n_of_4n(postgres, tenant_admin):
+    n = 5
+    tenant = tenant_admin.tenant
+    _unlimited_concurrency(tenant)
+    policy_rule_set(scope="TENANT", tenant=tenant, key="tenant_tokens_per_day", value=n * PER_CALL_TOKENS)
+    token = tokens_for_user(tenant_admin.user)["access"]
+    with gateway_server(workers=2, CELERY_TASK_ALWAYS_EAGER="true") as server:
+        responses = _fire(server.url, token, 4 * n)
+
+    ok = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code == 429]
+    assert len(ok) == n and len(refused) == 3 * n, [r.status_code for r in responses]
+    assert {r.json()["error"]["code"] for r in refused} == {"quota_exceeded"}
+    assert all(r.headers.get("Retry-After") for r in refused)
+    meter = UsageMeter.objects.get(tenant=tenant, user=None, task=None, metric="TOKENS", window="DAY")
+    ledger = UsageLog.objects.filter(tenant=tenant, status="SUCCESS").aggregate(
+        t=Sum(F("tokens_in") + F("tokens_out")))["t"]
+    assert meter.used == ledger == n * PER_CALL_TOKENS
+    assert meter.reserved == 0
+    assert UsageLog.objects.filter(tenant=tenant, status="REFUSED", error_code="quota_exceeded").count() == 3 * n
+    assert QuotaAlert.objects.filter(tenant=tenant, kind="QUOTA_EXCEEDED").count() == 1
+    _assert_no_holds_left(tenant)
+
+
+def test_max_concurrent_two_never_has_more_than_two_in_flight(postgres, tenant_admin):
+    tenant = tenant_admin.tenant
+    policy_rule_set(scope="TENANT", tenant=tenant, task=Task.objects.get(code=TASK), key="max_concurrent", value=2)
+    token = tokens_for_user(tenant_admin.user)["access"]
+    with gateway_server(workers=2, OFFLINE_PROVIDER_LATENCY_MS="400", CELERY_TASK_ALWAYS_EAGER="true") as server:
+        responses = _fire(server.url, token, 20)
+
+    ok = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code == 429]
+    assert len(ok) + len(refused) == 20
+    assert 2 <= len(ok) < 20
+    assert {r.json()["error"]["code"] for r in refused} == {"concurrency_limit"}
+    served = list(UsageLog.objects.filter(tenant=tenant, status="SUCCESS"))
+    assert len(served) == len(ok)
+    assert _max_overlap(served) <= 2  # the in-flight record, from admission to settlement
+    assert QuotaAlert.objects.filter(tenant=tenant, kind="CONCURRENCY_LIMIT").count() == 1
+    _assert_no_holds_left(tenant)
+
+
+def test_disconnected_client_is_settled_not_leaked(postgres, tenant_admin):
+    tenant = tenant_admin.tenant
+    token = tokens_for_user(tenant_admin.user)["access"]
+    with gateway_server(workers=1, OFFLINE_PROVIDER_LATENCY_MS="3000") as server:
+        with pytest.raises(httpx.ReadTimeout):
+            _post(server.url, token, timeout=0.5)
+        deadline = time.monotonic() + 10
+        while not UsageLog.objects.filter(tenant=tenant).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    log = UsageLog.objects.get(tenant=tenant)
+    assert log.status == "CANCELLED" and log.error_code == "client_disconnected"
+    _assert_no_holds_left(tenant)
+
+
+def test_error_mid_call_charges_what_was_consumed_and_releases_the_rest(postgres, tenant_admin):
+    tenant = tenant_admin.tenant
+    token = tokens_for_user(tenant_admin.user)["access"]
+    body = {"messages": [{"role": "user", "content": "please [offline:fail] now"}], "max_tokens": 40}
+    with gateway_server(workers=1) as server:
+        response = _post(server.url, token, body=body)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "provider_overloaded"
+    log = UsageLog.objects.get(tenant=tenant)
+    assert log.status == "ERROR" and log.tokens_in > 0 and log.tokens_out > 0 and log.cost_micro_usd > 0
+    meter = UsageMeter.objects.get(tenant=tenant, user=None, task=None, metric="TOKENS", window="MONTH")
+    assert meter.used == log.tokens_in + log.tokens_out
+    _assert_no_holds_left(tenant)
+
+
+def test_abandoned_reservation_is_released_by_expiry(postgres, tenant_admin):
+    tenant = tenant_admin.tenant
+    token = tokens_for_user(tenant_admin.user)["access"]
+    with gateway_server(workers=1, OFFLINE_PROVIDER_LATENCY_MS="10000") as server:
+        caller = threading.Thread(target=lambda: pytest.raises(httpx.HTTPError, _post, server.url, token, timeout=20))
+        caller.start()
+        deadline = time.monotonic() + 10
+        while not UsageReservation.objects.filter(tenant=tenant).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.kill()  # the worker crashes mid-call: nobody will settle this reservation
+        caller.join()
+    reservation = UsageReservation.objects.get(tenant=tenant)
+    assert reservation.status == "ACTIVE"
+    assert UsageMeter.objects.filter(tenant=tenant).aggregate(r=Sum("reserved"))["r"] > 0
+    assert reservations_expire(now=timezone.now()) == 0  # the lease is still running
+    later = timezone.now() + timedelta(seconds=settings.RESERVATION_LEASE_SECONDS + 1)
+    assert reservations_expire(now=later) == 1
+    assert reservations_expire(now=later) == 0  # idempotent
+    log = UsageLog.objects.get(tenant=tenant)
+    assert log.status == "EXPIRED" and log.tokens_in == log.tokens_out == 0
+    _assert_no_holds_left(tenant)
+
+
+def test_same_idempotency_key_ten_times_at_once_is_charged_once(postgres, tenant_admin):
+    tenant = tenant_admin.tenant
+    _unlimited_concurrency(tenant)
+    token = tokens_for_user(tenant_admin.user)["access"]
+    with gateway_server(workers=2, OFFLINE_PROVIDER_LATENCY_MS="300") as server:
+        responses = _fire(server.url, token, 10, headers={"Idempotency-Key": "draft-42"})
+    assert [r.status_code for r in responses] == [200] * 10
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 9
+    log = UsageLog.objects.get(tenant=tenant)
+    meter = UsageMeter.objects.get(tenant=tenant, user=None, task=None, metric="TOKENS", window="MONTH")
+    assert meter.used == log.tokens_in + log.tokens_out
+    _assert_no_holds_left(tenant)
+
+
+def test_shadow_mode_keeps_serving_and_loses_no_usage_while_the_database_is_down(postgres, tenant_admin, settings,
+                                                                                  tmp_path):
+    tenant = tenant_admin.tenant
+    tenant_set_enforcement_mode(slug=tenant.slug, mode="SHADOW")
+    settings.METERING_SPOOL_DIR = tmp_path
+    token = tokens_for_user(tenant_admin.user)["access"]
+    db_port = int(settings.DATABASES["default"].get("PORT") or 5432)
+    proxy = TcpProxy("127.0.0.1", db_port)
+    try:
+        with gateway_server(workers=1, db_port=proxy.port, METERING_SPOOL_DIR=str(tmp_path)) as server:
+            assert _post(server.url, token).status_code == 200  # warms identity and policy caches
+            proxy.cut()
+            during = _fire(server.url, token, 4)
+            assert [r.status_code for r in during] == [200] * 4
+            assert spool_pending() == 4
+            proxy.restore()
+    finally:
+        proxy.close()
+    assert UsageLog.objects.filter(tenant=tenant).count() == 1
+    assert spool_replay() == 4
+    assert spool_replay() == 0  # exactly once
+    logs = UsageLog.objects.filter(tenant=tenant)
+    assert logs.count() == 5 and set(logs.values_list("status", flat=True)) == {"SUCCESS"}
+    assert {r.json()["id"].removeprefix("chatcmpl-") for r in during} <= set(logs.values_list("request_id", flat=True))
+    meter = UsageMeter.objects.get(tenant=tenant, user=None, task=None, metric="TOKENS", window="MONTH")
+    assert meter.used == sum(x.tokens_in + x.tokens_out for x in logs)
+    _assert_no_holds_left(tenant)
