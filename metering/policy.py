@@ -61,12 +61,12 @@ class RuleView:
     @property
     def is_narrowed(self) -> bool:
         """Windowed or conditional rules are more specific than a plain rule of the same scope."""
-        return bool(self.weekdays or self.start_time or self.when_quota_key)
+        return bool(self.weekdays or self.start_time or self.end_time or self.when_quota_key)
 
     def source(self) -> str:
         where = f"{self.scope.lower()} {self.subject_label}".strip()
         extra = []
-        if self.weekdays or self.start_time:
+        if self.weekdays or self.start_time or self.end_time:
             extra.append("time window")
         if self.when_quota_key:
             extra.append(f"when {self.when_quota_key} >= {self.when_usage_percent_gte}%")
@@ -79,13 +79,20 @@ class RuleView:
             local = now.astimezone(zoneinfo.ZoneInfo(self.timezone or "UTC"))
         except zoneinfo.ZoneInfoNotFoundError:
             local = now
-        if self.weekdays and local.weekday() not in self.weekdays:
-            return False
         current = local.time().replace(tzinfo=None)
+        weekday = local.weekday()
+        if self.start_time and self.end_time and self.start_time > self.end_time:
+            # A window over midnight belongs to the day it starts on: Friday 22:00-06:00 covers
+            # early Saturday, not early Friday.
+            if current < self.end_time:
+                weekday = (weekday - 1) % 7
+            elif current < self.start_time:
+                return False
+            return not self.weekdays or weekday in self.weekdays
+        if self.weekdays and weekday not in self.weekdays:
+            return False
         if self.start_time and self.end_time:
-            if self.start_time <= self.end_time:
-                return self.start_time <= current < self.end_time
-            return current >= self.start_time or current < self.end_time  # window over midnight
+            return self.start_time <= current < self.end_time
         if self.start_time:
             return current >= self.start_time
         if self.end_time:
@@ -191,7 +198,12 @@ class _Resolver:
             return None
 
         def rank(rule: RuleView) -> tuple:
-            tighter = -rule.value if isinstance(rule.value, int) else 0
+            if isinstance(rule.value, list):
+                tighter = -len(rule.value)  # fewer model classes
+            elif isinstance(rule.value, int):
+                tighter = -rule.value
+            else:
+                tighter = -enforced_amount(rule.key, rule.value)  # USD written as a string
             return (SCOPE_RANK[rule.scope], rule.task_id is not None, rule.is_narrowed, tighter)
 
         return max(candidates, key=rank)

@@ -11,6 +11,7 @@ How a key combines with tasks:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -118,6 +119,8 @@ def usd_to_micro(value: Any) -> int:
         amount = Decimal(str(value))
     except (InvalidOperation, ValueError):
         raise PolicyValueError(f"'{value}' is not an amount of USD.") from None
+    if not amount.is_finite():  # NaN and Infinity parse as Decimals but are no amount
+        raise PolicyValueError(f"'{value}' is not an amount of USD.")
     micro = amount * 1_000_000
     if micro != micro.to_integral_value():
         raise PolicyValueError(f"'{value}' has more than 6 decimal places.")
@@ -128,7 +131,7 @@ def validate_value(name: str, value: Any) -> Any:
     """Return the canonical JSON value for the key, or raise PolicyValueError with a helpful message."""
     key = get_key(name)
     if key.value_type == ValueType.INT:
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
             value = int(value.strip())
         if isinstance(value, bool) or not isinstance(value, int):
             raise PolicyValueError(f"'{name}' takes a whole number of {key.unit}, not {value!r}.")

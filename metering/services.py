@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+import zoneinfo
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -451,8 +452,14 @@ def policy_rule_set(
                 raise PolicyValueError(f"'{when_quota_key}' is not a quota key; a condition must name one.")
             if when_usage_percent_gte is None or not (0 < when_usage_percent_gte <= 100):
                 raise PolicyValueError("A usage condition needs a percentage between 1 and 100.")
+        elif when_usage_percent_gte is not None:
+            raise PolicyValueError("A usage percentage needs the quota key it is a percentage of.")
         if weekdays is not None and (not weekdays or any(d not in range(7) for d in weekdays)):
             raise PolicyValueError("weekdays are numbers 0 (Monday) to 6 (Sunday).")
+        try:
+            zoneinfo.ZoneInfo(timezone_name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise PolicyValueError(f"Unknown time zone '{timezone_name}'.") from None
     except PolicyValueError as error:
         raise BadRequest(str(error), code="invalid_policy") from None
     subjects = {PolicyRule.Scope.GLOBAL: {}, PolicyRule.Scope.PLAN: {"plan": plan},

@@ -21,7 +21,7 @@ from django.db.models import F
 
 from metering.models import UsageHold, UsageLog, UsageMeter, UsageReservation
 from metering.policy import HoldSpec
-from metering.services import CallOutcome, _log_line, meters_ensure
+from metering.services import CallOutcome, _log_line, meters_ensure, usage_settle
 
 logger = logging.getLogger("gateway.metering.spool")
 
@@ -76,6 +76,15 @@ def spool_replay() -> int:
 def _replay_one(record: dict) -> int:
     admitted_at = datetime.fromisoformat(record["admitted_at"])
     outcome = CallOutcome(**record["outcome"])
+    if UsageLog.objects.filter(request_id=record["request_id"]).exists():
+        return 0  # recorded already (a replay that crashed before deleting the file, or a settled call)
+    admitted = UsageReservation.objects.filter(
+        request_id=record["request_id"], status=UsageReservation.Status.ACTIVE
+    ).values_list("pk", flat=True).first()
+    if admitted is not None:
+        # Admitted while the database was up, spooled because settlement failed: settle the
+        # reservation (its holds become the actual usage) instead of losing the record.
+        return 1 if usage_settle(reservation_id=admitted, outcome=outcome) is not None else 0
     holds = [HoldSpec(**{**h, "period_start": datetime.fromisoformat(h["period_start"])}) for h in record["holds"]]
     reservation = UsageReservation.objects.create(
         request_id=record["request_id"], tenant_id=record["tenant_id"], user_id=record["user_id"],
