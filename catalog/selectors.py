@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from django.core.cache import cache
-
 from catalog.models import ModelClass, PlanFeature, PlanLLMAccess, ProviderModel, Task
+from gateway_project.memo import GenerationCache
 
 T = TypeVar("T")
-_GEN_KEY = "catalog-gen"
-_TTL = 300
+
+catalog_cache = GenerationCache("catalog")
 
 
 def catalog_cache_invalidate() -> None:
-    cache.set(_GEN_KEY, uuid.uuid4().hex, None)
+    catalog_cache.invalidate()
 
 
 def _cached(name: str, build: Callable[[], T]) -> T:
-    generation = cache.get(_GEN_KEY)
-    if generation is None:
-        cache.add(_GEN_KEY, uuid.uuid4().hex, None)
-        generation = cache.get(_GEN_KEY)
-    key = f"catalog:{generation}:{name}"
-    value = cache.get(key)
-    if value is None:
-        value = build()
-        cache.set(key, value, _TTL)
-    return value
+    return catalog_cache.get(name, build)
 
 
 @dataclass(frozen=True)

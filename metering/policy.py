@@ -8,13 +8,11 @@ subject and invalidated on every rule write (`policy_cache_invalidate`).
 
 from __future__ import annotations
 
-import uuid
 import zoneinfo
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.core.cache import cache
 from django.db.models import Q
 
 from catalog.selectors import (
@@ -25,6 +23,7 @@ from catalog.selectors import (
     provider_models_active,
     task_get,
 )
+from gateway_project.memo import GenerationCache
 from metering.models import Metric, PolicyRule, UsageMeter, Window
 from metering.periods import period_start
 from metering.policy_keys import METERED_KEYS, POLICY_KEYS, KeyKind, PolicyKey, Subject, enforced_amount
@@ -36,11 +35,11 @@ SCOPE_RANK = {
     PolicyRule.Scope.TENANT: 2,
     PolicyRule.Scope.USER: 3,
 }
-_GEN_KEY = "policy-gen"
+policy_cache = GenerationCache("policy")
 
 
 def policy_cache_invalidate() -> None:
-    cache.set(_GEN_KEY, uuid.uuid4().hex, None)
+    policy_cache.invalidate()
 
 
 @dataclass(frozen=True)
@@ -101,13 +100,7 @@ class RuleView:
 
 
 def _load_rules(context: TenantContext) -> list[RuleView]:
-    generation = cache.get(_GEN_KEY)
-    if generation is None:
-        cache.add(_GEN_KEY, uuid.uuid4().hex, None)
-        generation = cache.get(_GEN_KEY)
-    key = f"policy-rules:{generation}:{context.plan_id}:{context.tenant_id}:{context.user_id}"
-    rules = cache.get(key)
-    if rules is None:
+    def build() -> list[RuleView]:
         rows = PolicyRule.objects.filter(is_active=True).filter(
             Q(scope=PolicyRule.Scope.GLOBAL)
             | Q(scope=PolicyRule.Scope.PLAN, plan_id=context.plan_id)
@@ -120,7 +113,7 @@ def _load_rules(context: TenantContext) -> list[RuleView]:
             PolicyRule.Scope.TENANT: context.tenant_slug,
             PolicyRule.Scope.USER: context.user.username,
         }
-        rules = [
+        return [
             RuleView(
                 id=r.pk, scope=r.scope, task_id=r.task_id, key=r.key, value=r.value,
                 weekdays=tuple(r.weekdays) if r.weekdays else None, start_time=r.start_time, end_time=r.end_time,
@@ -130,8 +123,8 @@ def _load_rules(context: TenantContext) -> list[RuleView]:
             for r in rows
             if r.key in POLICY_KEYS  # rules are validated on save; an unknown key never applies
         ]
-        cache.set(key, rules, 300)
-    return rules
+
+    return policy_cache.get(f"rules:{context.plan_id}:{context.tenant_id}:{context.user_id}", build)
 
 
 @dataclass(frozen=True)

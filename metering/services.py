@@ -21,6 +21,7 @@ from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
 from gateway_project.errors import BadRequest, Conflict, TooManyRequests
+from metering import meter_sql
 from metering.models import (
     Metric,
     PolicyRule,
@@ -148,16 +149,11 @@ def usage_admit(
     SHADOW and SOFT take the hold anyway and record what HARD would have refused."""
     meter_ids = meters_ensure(tenant_id=tenant_id, holds=decision.holds)
     ordered = sorted(decision.holds, key=lambda h: meter_ids[_meter_key(tenant_id, h)])  # fixed lock order
-    failed: list[HoldSpec] = []
-    for hold in ordered:
-        meter_id = meter_ids[_meter_key(tenant_id, hold)]
-        taken = UsageMeter.objects.filter(
-            pk=meter_id, used__lte=hold.limit - hold.amount - F("reserved")
-        ).update(reserved=F("reserved") + hold.amount)
-        if not taken:
-            failed.append(hold)
-            if mode != "HARD":
-                UsageMeter.objects.filter(pk=meter_id).update(reserved=F("reserved") + hold.amount)
+    by_meter = {meter_ids[_meter_key(tenant_id, h)]: h for h in ordered}
+    values = meter_sql.holds_take([(meter_id, h.amount, h.limit) for meter_id, h in by_meter.items()])
+    failed = [h for meter_id, h in by_meter.items() if meter_id not in values]
+    if failed and mode != "HARD":
+        values.update(meter_sql.holds_force([(meter_ids[_meter_key(tenant_id, h)], h.amount) for h in failed]))
     would_code, would_message = "", ""
     if failed:
         code, message, retry_after = _refusal_from(failed, now)
@@ -181,19 +177,18 @@ def usage_admit(
                   policy_key=h.key, limit_value=h.limit)
         for h in ordered
     )
-    _concurrency_alerts(tenant_id=tenant_id, holds=ordered, meter_ids=meter_ids, now=now)
+    _concurrency_alerts(tenant_id=tenant_id, by_meter=by_meter, values=values, now=now)
     return Admission(reservation_id=reservation.pk, request_id=request_id, admitted_at=now, enforcement_mode=mode,
                      would_refuse_code=would_code, would_refuse_message=would_message)
 
 
-def _concurrency_alerts(*, tenant_id: int, holds: list[HoldSpec], meter_ids: dict, now: datetime) -> None:
-    for hold in holds:
+def _concurrency_alerts(*, tenant_id: int, by_meter: dict[int, HoldSpec], values: dict[int, tuple[int, int]],
+                        now: datetime) -> None:
+    for meter_id, hold in by_meter.items():
         if hold.metric != Metric.CONCURRENT or hold.limit <= 0:
             continue
-        threshold = -(-hold.limit * CONCURRENCY_PERCENT // 100)
-        meter_id = meter_ids[_meter_key(tenant_id, hold)]
-        in_flight = UsageMeter.objects.filter(pk=meter_id).values_list("reserved", flat=True).first() or 0
-        if in_flight >= threshold:
+        in_flight = values[meter_id][1]
+        if in_flight * 100 >= hold.limit * CONCURRENCY_PERCENT:
             _alert_create(tenant_id=tenant_id, meter_id=meter_id, kind=QuotaAlert.Kind.CONCURRENCY_LIMIT,
                           period=period_start(Window.DAY, now), key=hold.key, limit=hold.limit, observed=in_flight)
 
@@ -234,10 +229,7 @@ def usage_settle(*, reservation_id: uuid.UUID, outcome: CallOutcome, now: dateti
 
 def _holds_apply(*, reservation: UsageReservation, outcome: CallOutcome, now: datetime) -> UsageLog:
     holds = list(UsageHold.objects.filter(reservation=reservation).select_related("meter").order_by("meter_id"))
-    for hold in holds:
-        UsageMeter.objects.filter(pk=hold.meter_id).update(
-            reserved=F("reserved") - hold.amount, used=F("used") + outcome.actual(hold.meter.metric)
-        )
+    values = meter_sql.holds_move([(h.meter_id, h.amount, outcome.actual(h.meter.metric)) for h in holds])
     log = UsageLog.objects.create(
         request_id=reservation.request_id, reservation=reservation, tenant_id=reservation.tenant_id,
         user_id=reservation.user_id, task_id=reservation.task_id, feature_code=reservation.task.feature.code,
@@ -248,19 +240,18 @@ def _holds_apply(*, reservation: UsageReservation, outcome: CallOutcome, now: da
         would_refuse_code=outcome.would_refuse_code, usage_estimated=outcome.usage_estimated,
         attempts=outcome.attempts, admitted_at=reservation.created_at, created_at=now,
     )
-    _quota_alerts(reservation=reservation, holds=holds, outcome=outcome)
+    _quota_alerts(reservation=reservation, holds=holds, outcome=outcome, values=values)
     return log
 
 
-def _quota_alerts(*, reservation: UsageReservation, holds: list[UsageHold], outcome: CallOutcome) -> None:
-    quota_holds = [h for h in holds if POLICY_KEYS[h.policy_key].kind == KeyKind.QUOTA and h.limit_value > 0
-                   and outcome.actual(h.meter.metric) > 0]
-    if not quota_holds:
-        return
-    used_now = dict(UsageMeter.objects.filter(pk__in=[h.meter_id for h in quota_holds]).values_list("id", "used"))
-    for hold in quota_holds:
-        after = used_now[hold.meter_id]
-        before = after - outcome.actual(hold.meter.metric)
+def _quota_alerts(*, reservation: UsageReservation, holds: list[UsageHold], outcome: CallOutcome,
+                  values: dict[int, tuple[int, int]]) -> None:
+    for hold in holds:
+        added = outcome.actual(hold.meter.metric)
+        if POLICY_KEYS[hold.policy_key].kind != KeyKind.QUOTA or hold.limit_value <= 0 or added <= 0:
+            continue
+        after = values[hold.meter_id][0]
+        before = after - added
         for percent, kind in ((WARN_PERCENT, QuotaAlert.Kind.QUOTA_WARNING),
                               (EXCEEDED_PERCENT, QuotaAlert.Kind.QUOTA_EXCEEDED)):
             threshold = hold.limit_value * percent // 100

@@ -53,9 +53,16 @@ def _celery_eager():
 
 @pytest.fixture(autouse=True)
 def _clear_cache(_private_file_cache):
+    from catalog.selectors import catalog_cache
+    from metering.policy import policy_cache
+
+    for memo in (catalog_cache, policy_cache):
+        memo.clear_local()
     cache.clear()
     yield
     cache.clear()
+    for memo in (catalog_cache, policy_cache):
+        memo.clear_local()
 
 
 @pytest.fixture
