@@ -254,7 +254,13 @@ async def chat_completion(
     request_id = "req_" + uuid.uuid4().hex
     tokens_in = messages_tokens(chat.messages)
     print_ = fingerprint(task_code, body)
-    admitted = await sync_to_async(_admit)(context, task_code, chat, tokens_in, request_id, idempotency_key, print_)
+    try:
+        admitted = await sync_to_async(_admit)(context, task_code, chat, tokens_in, request_id, idempotency_key,
+                                               print_)
+    except GatewayError as refusal:
+        # A refused call is in the ledger under this id: the caller gets it too.
+        return GatewayResponse(refusal.status_code, refusal.payload(),
+                               {**refusal.headers(), "X-Request-ID": request_id})
     if isinstance(admitted, _Replay):
         return GatewayResponse(admitted.status, admitted.body,
                                {"X-Request-ID": admitted.body.get("id", "").removeprefix("chatcmpl-"),

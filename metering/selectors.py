@@ -12,13 +12,15 @@ from catalog.selectors import tasks_all
 from metering.models import UsageLog, UsageMeter
 from metering.periods import period_end, period_start
 from metering.policy import Limit, effective_limits
-from metering.policy_keys import POLICY_KEYS
+from metering.policy_keys import POLICY_KEYS, ValueType
 from tenants.selectors import TenantContext
 
 
 def _limit_payload(limit: Limit) -> dict[str, Any]:
     key = POLICY_KEYS[limit.key]
-    return {"key": limit.key, "value": limit.value, "unit": key.unit, "kind": key.kind.value,
+    # Metered USD limits come back in the unit the meters count: integer micro-USD, not dollars.
+    unit = "micro-USD" if key.value_type == ValueType.USD and isinstance(limit.value, int) else key.unit
+    return {"key": limit.key, "value": limit.value, "unit": unit, "kind": key.kind.value,
             "applies_to_task": limit.task_code, "source": limit.source}
 
 
