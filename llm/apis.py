@@ -10,7 +10,6 @@ import json
 import logging
 import time
 
-from asgiref.sync import sync_to_async
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
@@ -19,6 +18,7 @@ from catalog.selectors import plan_entitlements, provider_models_active, task_ge
 from gateway_project.errors import BadRequest, GatewayError, NotFound, error_response, internal_error_payload
 from llm import gateway
 from llm.auth import authenticate_request
+from llm.db import db_step
 
 logger = logging.getLogger("gateway.llm.api")
 
@@ -49,7 +49,7 @@ def _guarded(view):
 @_guarded
 async def chat_completions(request: HttpRequest, task_code: str) -> JsonResponse:
     context = await authenticate_request(request)
-    if await sync_to_async(task_get)(task_code) is None:
+    if await db_step(task_get)(task_code) is None:
         raise NotFound(f"Unknown task '{task_code}'.", code="task_not_found")
     try:
         body = json.loads(request.body or b"null")
@@ -75,7 +75,7 @@ def _models_for(plan_id: int, task_code: str) -> list[dict]:
 @_guarded
 async def models(request: HttpRequest, task_code: str) -> JsonResponse:
     context = await authenticate_request(request)
-    if await sync_to_async(task_get)(task_code) is None:
+    if await db_step(task_get)(task_code) is None:
         raise NotFound(f"Unknown task '{task_code}'.", code="task_not_found")
-    data = await sync_to_async(_models_for)(context.plan_id, task_code)
+    data = await db_step(_models_for)(context.plan_id, task_code)
     return JsonResponse({"object": "list", "data": data})

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import AccessToken
 
 from gateway_project.errors import AuthenticationFailed
+from llm.db import db_step
 from tenants.authentication import context_from_token
 from tenants.selectors import TenantContext
 
@@ -22,4 +22,4 @@ async def authenticate_request(request: HttpRequest) -> TenantContext:
         token = AccessToken(raw.strip())
     except TokenError:
         raise AuthenticationFailed("The access token is invalid or expired.", code="token_not_valid") from None
-    return await sync_to_async(context_from_token)(token)
+    return await db_step(context_from_token)(token)

@@ -2,7 +2,7 @@
 
 identity -> policy -> admission (one short txn) -> provider (no DB held) -> settlement (one short txn)
 
-Database work runs in `sync_to_async` blocks between awaits; nothing holds a connection or a
+Database work runs in `db_step` blocks between awaits; nothing holds a connection or a
 transaction while a provider is awaited.
 """
 
@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
 from catalog.selectors import ModelInfo
 from gateway_project.errors import BadRequest, Conflict, GatewayError, ServiceUnavailable
+from llm.db import db_step
 from llm.providers.base import ChatRequest, ChatResult, ProviderError
 from llm.providers.registry import provider_get
 from llm.tokenizer import messages_tokens
@@ -255,7 +255,7 @@ async def chat_completion(
     tokens_in = messages_tokens(chat.messages)
     print_ = fingerprint(task_code, body)
     try:
-        admitted = await sync_to_async(_admit)(context, task_code, chat, tokens_in, request_id, idempotency_key,
+        admitted = await db_step(_admit)(context, task_code, chat, tokens_in, request_id, idempotency_key,
                                                print_)
     except GatewayError as refusal:
         # A refused call is in the ledger under this id: the caller gets it too.
@@ -297,9 +297,9 @@ async def chat_completion(
         # The client went away: settle what was consumed, then let the cancellation through.
         outcome.status, outcome.error_code = UsageLog.Status.CANCELLED, "client_disconnected"
         outcome.latency_ms = int((time.monotonic() - started) * 1000)
-        await asyncio.shield(sync_to_async(_settle)(admitted, context, request_id, outcome))
+        await asyncio.shield(db_step(_settle)(admitted, context, request_id, outcome))
         raise
-    remaining = await sync_to_async(_settle)(admitted, context, request_id, outcome)
+    remaining = await db_step(_settle)(admitted, context, request_id, outcome)
     response.headers["X-Request-ID"] = request_id
     if remaining is not None:
         response.headers["X-Quota-Tokens-Remaining"] = str(remaining)

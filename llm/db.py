@@ -1,0 +1,30 @@
+"""Blocking database steps of the async request path.
+
+Each step runs in a worker thread and hands its connections back (to the pool) when it ends,
+so no connection is held while a provider is awaited: 1000 calls in flight must not hold 1000
+database connections (DESIGN.md §5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db import connections
+
+
+def release_db_connections() -> None:
+    for conn in connections.all(initialized_only=True):
+        if not conn.in_atomic_block:  # tests wrap requests in a transaction: leave those alone
+            conn.close()
+
+
+def db_step(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_db_connections()
+
+    return sync_to_async(run)
