@@ -12,17 +12,11 @@ from django.db.models import Count, Q
 from django.utils.html import format_html_join
 
 from catalog.models import Feature, ModelClass, Plan, PlanFeature, PlanLLMAccess, ProviderModel, Task
+from catalog.selectors import catalog_cache_invalidate
 
 
 def _catalog_cache_invalidate() -> None:
-    # Looked up when called: the cached catalog selectors may not exist in every checkout.
-    try:
-        from catalog import selectors
-    except ImportError:  # pragma: no cover
-        return
-    invalidate = getattr(selectors, "catalog_cache_invalidate", None)
-    if invalidate is not None:
-        invalidate()
+    catalog_cache_invalidate()
 
 
 class CatalogCacheAdminMixin:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import zoneinfo
-from functools import partial
 from typing import Any
 
 from django import forms
@@ -31,28 +30,17 @@ from metering.models import (
     UsageMeter,
     UsageReservation,
 )
+from metering.policy import policy_cache_invalidate
 from metering.policy_keys import POLICY_KEYS, KeyKind, PolicyValueError, ValueType, get_key, validate_value
+from metering.services import reservation_release
 from tenants.admin import TenantAdmin as TenantsTenantAdmin
 from tenants.admin import UserAdmin as TenantsUserAdmin
 from tenants.admin import invalidate_identity_on_commit
 from tenants.models import Tenant, User
 
 
-def _call_if_present(module_name: str, function_name: str, **kwargs: Any) -> bool:
-    """Call a function of a sibling module only if it exists (it may be written in parallel)."""
-    try:
-        module = __import__(module_name, fromlist=[function_name])
-    except ImportError:
-        return False
-    function = getattr(module, function_name, None)
-    if function is None:
-        return False
-    function(**kwargs)
-    return True
-
-
 def policy_cache_invalidate_on_commit() -> None:
-    transaction.on_commit(partial(_call_if_present, "metering.policy", "policy_cache_invalidate"))
+    transaction.on_commit(policy_cache_invalidate)
 
 
 def format_micro_usd(value: int | None) -> str:
@@ -549,24 +537,12 @@ class UsageReservationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="Release stuck reservation (free its holds)", permissions=["release"])
     def release_reservations(self, request, queryset):
-        try:
-            from metering import services as metering_services
-        except ImportError:
-            metering_services = None
-        release = getattr(metering_services, "reservation_release", None)
-        if release is None:
-            self.message_user(
-                request,
-                "Releasing reservations is not available yet: metering.services.reservation_release does not exist.",
-                messages.WARNING,
-            )
-            return
         active = list(queryset.filter(status=UsageReservation.Status.ACTIVE).values_list("pk", "request_id"))
         skipped = queryset.count() - len(active)
         released = []
         for reservation_id, request_id in active:
             try:
-                release(reservation_id=reservation_id, reason="admin")
+                reservation_release(reservation_id=reservation_id, reason="admin")
             except Exception as exc:  # one failure must not hide the others' results
                 self.message_user(request, f"{request_id}: not released ({exc}).", messages.ERROR)
             else:
