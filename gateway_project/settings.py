@@ -167,6 +167,7 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BEAT_SCHEDULE = {
     "expire-reservations": {"task": "metering.tasks.expire_reservations", "schedule": 30.0},
+    "replay-usage-spool": {"task": "metering.tasks.replay_usage_spool", "schedule": 60.0},
 }
 
 # --- Auth, DRF, JWT -------------------------------------------------------------

@@ -8,6 +8,7 @@ subject and invalidated on every rule write (`policy_cache_invalidate`).
 
 from __future__ import annotations
 
+import logging
 import zoneinfo
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +29,8 @@ from metering.models import Metric, PolicyRule, UsageMeter, Window
 from metering.periods import period_start
 from metering.policy_keys import METERED_KEYS, POLICY_KEYS, KeyKind, PolicyKey, Subject, enforced_amount
 from tenants.selectors import TenantContext
+
+logger = logging.getLogger("gateway.policy")
 
 SCOPE_RANK = {
     PolicyRule.Scope.GLOBAL: 0,
@@ -307,6 +310,16 @@ def policy_evaluate(
         key=lambda m: (classes.index(m.model_class), m.priority),
     )
 
+    unpriced = [m for m in candidates if not m.is_priced]
+    if unpriced:
+        # A call on a model without a price would be silently free: never route to one.
+        logger.error("unpriced provider models excluded from routing: %s",
+                     ", ".join(f"{m.provider}:{m.model_name}" for m in unpriced))
+        candidates = [m for m in candidates if m.is_priced]
+        if not candidates:
+            return EnforcementDecision.refuse(
+                "model_unpriced", "No priced model serves this request; an operator must set its prices.", 503, task
+            )
     decision = EnforcementDecision(allowed=True, task=task, model_classes=classes, candidates=candidates,
                                    tokens_in=tokens_in)
     for name, key in POLICY_KEYS.items():

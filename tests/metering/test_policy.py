@@ -496,3 +496,22 @@ def test_cost_limit_in_usd_is_enforced_in_micro_usd(tenant_admin):
                          now=MONDAY_NOON)
     cost.refresh_from_db()
     assert cost.used + cost.reserved == 12_500_000
+
+
+def test_unpriced_models_are_never_routed_to_and_a_task_with_only_unpriced_models_is_refused(tenant_admin):
+    from django.utils import timezone
+
+    from tenants.selectors import identity_resolve
+
+    ProviderModel.objects.filter(model_name="offline-pro-m").update(input_price_per_mtok_micro_usd=None)
+    catalog_cache_invalidate()
+    user = tenant_admin.user
+    context = identity_resolve(user_id=user.pk, tenant_id=user.tenant_id, ati_id=tenant_admin.tenant.signup_ati_token_id)
+    now = timezone.now()
+    decision = policy_evaluate(context=context, task_code="LLM2_DRAFT", requested_model="PRO_M", tokens_in=10, now=now)
+    assert decision.allowed
+    assert "offline-pro-m" not in [m.model_name for m in decision.candidates]
+    ProviderModel.objects.filter(model_class__code="PRO_M").update(output_price_per_mtok_micro_usd=None)
+    catalog_cache_invalidate()
+    decision = policy_evaluate(context=context, task_code="LLM2_DRAFT", requested_model="PRO_M", tokens_in=10, now=now)
+    assert (decision.allowed, decision.code, decision.status) == (False, "model_unpriced", 503)
