@@ -506,7 +506,8 @@ def test_unpriced_models_are_never_routed_to_and_a_task_with_only_unpriced_model
     ProviderModel.objects.filter(model_name="offline-pro-m").update(input_price_per_mtok_micro_usd=None)
     catalog_cache_invalidate()
     user = tenant_admin.user
-    context = identity_resolve(user_id=user.pk, tenant_id=user.tenant_id, ati_id=tenant_admin.tenant.signup_ati_token_id)
+    ati_id = tenant_admin.tenant.signup_ati_token_id
+    context = identity_resolve(user_id=user.pk, tenant_id=user.tenant_id, ati_id=ati_id)
     now = timezone.now()
     decision = policy_evaluate(context=context, task_code="LLM2_DRAFT", requested_model="PRO_M", tokens_in=10, now=now)
     assert decision.allowed
