@@ -28,6 +28,7 @@ run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_catalog
 	$(BIN)/python manage.py bootstrap_demo
+	rm -rf var/prometheus
 	$(BIN)/uvicorn gateway_project.asgi:application --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 ## make test: the whole test suite (SQLite; PostgreSQL + Redis when DATABASE_URL / REDIS_URL are set)

@@ -8,6 +8,7 @@ the environment and the process refuses to start without it.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 VAR_DIR.mkdir(exist_ok=True)
+# Prometheus multiprocess mode: each worker process writes its own metric files here; /metrics
+# merges them. Set before prometheus_client is imported anywhere.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus"))
+Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 
 env = environ.Env()
 
@@ -218,6 +223,19 @@ if GATEWAY_ENFORCEMENT_MODE not in {"SHADOW", "SOFT", "HARD"}:
 RESERVATION_LEASE_SECONDS = env.int("RESERVATION_LEASE_SECONDS", default=120)
 OFFLINE_PROVIDER_LATENCY_MS = env.int("OFFLINE_PROVIDER_LATENCY_MS", default=0)
 IDEMPOTENCY_WAIT_SECONDS = env.int("IDEMPOTENCY_WAIT_SECONDS", default=30)
+
+# --- Router -------------------------------------------------------------------------
+ROUTER_STRATEGY = env.str("ROUTER_STRATEGY", default="cost")
+# "PRO=performance,LLM2_DRAFT=availability": keys are plan or task codes; a task beats a plan.
+ROUTER_STRATEGY_OVERRIDES = env.dict("ROUTER_STRATEGY_OVERRIDES", default={})
+if {ROUTER_STRATEGY, *ROUTER_STRATEGY_OVERRIDES.values()} - {"cost", "performance", "availability"}:
+    raise ImproperlyConfigured("Router strategies are cost, performance or availability.")
+ROUTER_ATTEMPT_TIMEOUT_SECONDS = env.float("ROUTER_ATTEMPT_TIMEOUT_SECONDS", default=60.0)
+ROUTER_DEADLINE_SECONDS = env.float("ROUTER_DEADLINE_SECONDS", default=120.0)
+ROUTER_BREAKER_FAILURES = env.int("ROUTER_BREAKER_FAILURES", default=5)
+ROUTER_BREAKER_COOLDOWN_SECONDS = env.float("ROUTER_BREAKER_COOLDOWN_SECONDS", default=30.0)
+ROUTER_BACKOFF_BASE_SECONDS = env.float("ROUTER_BACKOFF_BASE_SECONDS", default=0.05)
+ROUTER_BACKOFF_MAX_SECONDS = env.float("ROUTER_BACKOFF_MAX_SECONDS", default=1.0)
 METERING_SPOOL_DIR = Path(env.str("METERING_SPOOL_DIR", default=str(VAR_DIR / "spool")))
 
 # --- I18N, static ------------------------------------------------------------------

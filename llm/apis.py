@@ -10,7 +10,7 @@ import json
 import logging
 import time
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
@@ -55,6 +55,19 @@ async def chat_completions(request: HttpRequest, task_code: str) -> JsonResponse
         body = json.loads(request.body or b"null")
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("The request body is not valid JSON.", code="invalid_json") from None
+    if isinstance(body, dict) and body.get("stream") is True:
+        streamed = await gateway.chat_completion_stream(
+            context=context, task_code=task_code, body=body, idempotency_key=request.headers.get("Idempotency-Key")
+        )
+        if isinstance(streamed, gateway.GatewayResponse):
+            return _json(streamed)
+        events, headers = streamed
+        response = StreamingHttpResponse(events, content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        for name, value in headers.items():
+            response[name] = value
+        return response
     response = await gateway.chat_completion(
         context=context, task_code=task_code, body=body, idempotency_key=request.headers.get("Idempotency-Key")
     )
@@ -79,3 +92,11 @@ async def models(request: HttpRequest, task_code: str) -> JsonResponse:
         raise NotFound(f"Unknown task '{task_code}'.", code="task_not_found")
     data = await db_step(_models_for)(context.plan_id, task_code)
     return JsonResponse({"object": "list", "data": data})
+
+
+@require_GET
+async def metrics_view(request: HttpRequest) -> HttpResponse:
+    from llm.metrics import exposition
+
+    body = await db_step(exposition)()
+    return HttpResponse(body, content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,8 +25,9 @@ from django.utils import timezone
 
 from catalog.selectors import ModelInfo
 from gateway_project.errors import BadRequest, Conflict, GatewayError, ServiceUnavailable
+from llm import calls, metrics, router
 from llm.db import db_step
-from llm.providers.base import ChatRequest, ChatResult, ProviderError
+from llm.providers.base import ChatResult, Provider, ProviderError
 from llm.providers.registry import provider_get
 from llm.tokenizer import messages_tokens
 from metering import services as metering
@@ -224,8 +226,14 @@ def _settle(admitted: _Admitted, context: TenantContext, request_id: str, outcom
     return None
 
 
-def _candidates(decision: EnforcementDecision) -> list[tuple[ModelInfo, Any]]:
-    return [(m, p) for m in decision.candidates if (p := provider_get(m.provider)) is not None]
+def _candidates(decision: EnforcementDecision, context: TenantContext) -> list[tuple[ModelInfo, Provider]]:
+    configured = [(m, p) for m in decision.candidates if (p := provider_get(m.provider)) is not None]
+    strategy = router.strategy_for(plan_code=context.plan_code, task_code=decision.task.code)
+    ordered = router.order_candidates([m for m, _ in configured], classes=decision.model_classes,
+                                      strategy=strategy, tokens_in=decision.tokens_in,
+                                      max_tokens_out=decision.max_tokens_out)
+    providers = {id(m): p for m, p in configured}
+    return [(m, providers[id(m)]) for m in ordered]
 
 
 def _completion_body(request_id: str, model: ModelInfo, result: ChatResult, created: int) -> dict[str, Any]:
@@ -242,22 +250,40 @@ def _completion_body(request_id: str, model: ModelInfo, result: ChatResult, crea
     }
 
 
-async def chat_completion(
-    *, context: TenantContext, task_code: str, body: Any, idempotency_key: str | None = None
-) -> GatewayResponse:
+def _provider_failure(error: ProviderError | None) -> GatewayResponse:
+    if error is None:
+        return GatewayResponse(503, ServiceUnavailable(
+            "No configured and healthy provider serves the allowed model classes.", code="no_provider_available"
+        ).payload())
+    return GatewayResponse(error.status_code if error.status_code in (400, 502, 503, 504) else 502, {"error": {
+        "code": error.kind, "message": "The provider failed: " + error.message, "type": "provider_error"}})
+
+
+@dataclass
+class _Prepared:
+    request_id: str
+    chat: ChatInput
+    admitted: _Admitted
+    candidates: list[tuple[ModelInfo, Provider]]
+    started: float
+
+
+async def _prepare(context: TenantContext, task_code: str, body: Any, idempotency_key: str | None
+                   ) -> _Prepared | GatewayResponse:
+    started = time.monotonic()
     chat = _parse(body)
-    if chat.stream:
-        raise BadRequest("Streaming is not available on this gateway yet; send stream=false.",
-                         code="streaming_not_supported")
     if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
         raise BadRequest("Idempotency-Key must be 1 to 200 characters.", code="invalid_idempotency_key")
+    if chat.stream and idempotency_key:
+        raise BadRequest("Idempotency-Key is not supported with stream=true.", code="invalid_idempotency_key")
     request_id = "req_" + uuid.uuid4().hex
     tokens_in = messages_tokens(chat.messages)
     print_ = fingerprint(task_code, body)
     try:
-        admitted = await db_step(_admit)(context, task_code, chat, tokens_in, request_id, idempotency_key,
-                                               print_)
+        admitted = await db_step(_admit)(context, task_code, chat, tokens_in, request_id, idempotency_key, print_)
     except GatewayError as refusal:
+        metrics.call_finished(task=task_code, status="REFUSED", code=refusal.code, provider="", tokens_in=0,
+                              tokens_out=0, cost_micro_usd=0, overhead_seconds=None)
         # A refused call is in the ledger under this id: the caller gets it too.
         return GatewayResponse(refusal.status_code, refusal.payload(),
                                {**refusal.headers(), "X-Request-ID": request_id})
@@ -265,57 +291,136 @@ async def chat_completion(
         return GatewayResponse(admitted.status, admitted.body,
                                {"X-Request-ID": admitted.body.get("id", "").removeprefix("chatcmpl-"),
                                 "Idempotent-Replayed": "true"})
-    decision = admitted.decision
-    candidates = _candidates(decision)
-    started = time.monotonic()
-    outcome = metering.CallOutcome(status=UsageLog.Status.ERROR, error_code="no_provider_available")
-    response: GatewayResponse
-    try:
-        if not candidates:
-            response = GatewayResponse(503, ServiceUnavailable(
-                "No configured provider serves the allowed model classes.", code="no_provider_available"
-            ).payload())
-        else:
-            model, provider = candidates[0]
-            outcome = _outcome_for(model, 0, 0, 0, UsageLog.Status.ERROR, "")
-            try:
-                result = await provider.chat(ChatRequest(model=model.model_name, messages=chat.messages,
-                                                         max_tokens=decision.max_tokens_out,
-                                                         temperature=chat.temperature))
-            except ProviderError as error:
-                outcome = _outcome_for(model, error.tokens_in, error.tokens_out, time.monotonic() - started,
-                                       UsageLog.Status.ERROR, error.kind)
-                response = GatewayResponse(error.status_code, {"error": {
-                    "code": error.kind, "message": "The provider failed: " + error.message, "type": "provider_error"}})
-            else:
-                outcome = _outcome_for(model, result.usage.tokens_in, result.usage.tokens_out,
-                                       time.monotonic() - started, UsageLog.Status.SUCCESS, "")
-                outcome.usage_estimated = result.usage.estimated
-                response = GatewayResponse(200, _completion_body(request_id, model, result, int(time.time())))
-                outcome.response_status, outcome.response_body = 200, response.body
-    except asyncio.CancelledError:
-        # The client went away: settle what was consumed, then let the cancellation through.
-        outcome.status, outcome.error_code = UsageLog.Status.CANCELLED, "client_disconnected"
-        outcome.latency_ms = int((time.monotonic() - started) * 1000)
-        await asyncio.shield(db_step(_settle)(admitted, context, request_id, outcome))
-        raise
-    remaining = await db_step(_settle)(admitted, context, request_id, outcome)
-    response.headers["X-Request-ID"] = request_id
+    return _Prepared(request_id=request_id, chat=chat, admitted=admitted,
+                     candidates=_candidates(admitted.decision, context), started=started)
+
+
+def _headers(prepared: _Prepared, remaining: int | None) -> dict[str, str]:
+    headers = {"X-Request-ID": prepared.request_id}
     if remaining is not None:
-        response.headers["X-Quota-Tokens-Remaining"] = str(remaining)
-    warnings = list(decision.warnings)
+        headers["X-Quota-Tokens-Remaining"] = str(remaining)
+    admitted = prepared.admitted
+    warnings = list(admitted.decision.warnings)
     if admitted.mode == "SOFT" and admitted.admission and admitted.admission.would_refuse_code:
         warnings.append(f"{admitted.admission.would_refuse_code}: {admitted.admission.would_refuse_message}")
     if warnings:
-        response.headers["X-Gateway-Warning"] = "; ".join(warnings)[:1000]
+        headers["X-Gateway-Warning"] = "; ".join(warnings)[:1000]
+    return headers
+
+
+async def _finish(prepared: _Prepared, context: TenantContext, outcome: metering.CallOutcome, *,
+                  shielded: bool = False) -> int | None:
+    settle = db_step(_settle)(prepared.admitted, context, prepared.request_id, outcome)
+    remaining = await (asyncio.shield(settle) if shielded else settle)
+    metrics.IN_FLIGHT.labels(prepared.admitted.decision.task.code).dec()
+    provider_seconds = outcome.latency_ms / 1000
+    metrics.call_finished(
+        task=prepared.admitted.decision.task.code, status=outcome.status, code=outcome.error_code,
+        provider=outcome.provider, tokens_in=outcome.tokens_in, tokens_out=outcome.tokens_out,
+        cost_micro_usd=outcome.cost_micro_usd,
+        overhead_seconds=time.monotonic() - prepared.started - provider_seconds,
+    )
+    return remaining
+
+
+async def chat_completion(
+    *, context: TenantContext, task_code: str, body: Any, idempotency_key: str | None = None
+) -> GatewayResponse:
+    prepared = await _prepare(context, task_code, body, idempotency_key)
+    if isinstance(prepared, GatewayResponse):
+        return prepared
+    if prepared.chat.stream:
+        raise BadRequest("Use chat_completion_stream for stream=true.", code="invalid_body")  # pragma: no cover
+    decision = prepared.admitted.decision
+    metrics.IN_FLIGHT.labels(decision.task.code).inc()
+    spend = calls.Spend()
+    try:
+        result = await calls.chat_with_fallback(prepared.candidates, prepared.chat.messages,
+                                                decision.max_tokens_out, prepared.chat.temperature, spend,
+                                                decision.task.code)
+    except calls.AllCandidatesFailed as failure:
+        response = _provider_failure(failure.last)
+        outcome = spend.outcome(UsageLog.Status.ERROR, response.body["error"]["code"])
+    except asyncio.CancelledError:
+        # The client went away: settle what was consumed, then let the cancellation through.
+        await _finish(prepared, context, spend.outcome(UsageLog.Status.CANCELLED, "client_disconnected"),
+                      shielded=True)
+        raise
+    else:
+        served = spend.attempts[-1].model
+        response = GatewayResponse(200, _completion_body(prepared.request_id, served, result, int(time.time())))
+        outcome = spend.outcome(UsageLog.Status.SUCCESS)
+        outcome.response_status, outcome.response_body = 200, response.body
+    remaining = await _finish(prepared, context, outcome)
+    response.headers.update(_headers(prepared, remaining))
     return response
 
 
-def _outcome_for(model: ModelInfo, tokens_in: int, tokens_out: int, elapsed: float, status: str,
-                 error_code: str) -> metering.CallOutcome:
-    return metering.CallOutcome(
-        status=status, provider=model.provider, model_name=model.model_name, model_class=model.model_class,
-        tokens_in=tokens_in, tokens_out=tokens_out,
-        cost_micro_usd=model.cost_micro_usd(tokens_in=tokens_in, tokens_out=tokens_out),
-        api_calls=1, latency_ms=int(elapsed * 1000), error_code=error_code,
-    )
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def chat_completion_stream(
+    *, context: TenantContext, task_code: str, body: Any, idempotency_key: str | None = None
+) -> GatewayResponse | tuple[AsyncIterator[bytes], dict[str, str]]:
+    """Server-sent events in OpenAI's chunk format. Refusals come back as a plain error response
+    before any event; after the first event, errors are reported in-band and the stream ends."""
+    prepared = await _prepare(context, task_code, body, idempotency_key)
+    if isinstance(prepared, GatewayResponse):
+        return prepared
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if isinstance(body, dict) else False
+    return _stream_events(prepared, context, include_usage), _headers(prepared, None)
+
+
+async def _stream_events(prepared: _Prepared, context: TenantContext, include_usage: bool) -> AsyncIterator[bytes]:
+    decision = prepared.admitted.decision
+    metrics.IN_FLIGHT.labels(decision.task.code).inc()
+    spend, state = calls.Spend(), calls.StreamState()
+    created = int(time.time())
+    chunk_id = f"chatcmpl-{prepared.request_id}"
+    outcome: metering.CallOutcome | None = None
+    renew_every = max(1.0, settings.RESERVATION_LEASE_SECONDS / 3)
+    last_renewal = time.monotonic()
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        model = spend.attempts[-1].model.model_name if spend.attempts else ""
+        return _sse({"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
+
+    try:
+        first = True
+        try:
+            async for piece in calls.stream_with_fallback(
+                prepared.candidates, prepared.chat.messages, decision.max_tokens_out, prepared.chat.temperature,
+                spend, state, decision.task.code,
+            ):
+                if first:
+                    yield chunk({"role": "assistant", "content": ""})
+                    first = False
+                yield chunk({"content": piece})
+                if time.monotonic() - last_renewal > renew_every and prepared.admitted.admission:
+                    # A long stream renews its lease so expiry never releases it mid-call.
+                    await db_step(metering.reservation_renew)(
+                        reservation_id=prepared.admitted.admission.reservation_id)
+                    last_renewal = time.monotonic()
+        except calls.AllCandidatesFailed as failure:
+            failed = _provider_failure(failure.last)
+            outcome = spend.outcome(UsageLog.Status.ERROR, failed.body["error"]["code"])
+            yield _sse(failed.body)
+            yield b"data: [DONE]\n\n"
+            return
+        if first:
+            yield chunk({"role": "assistant", "content": ""})
+        outcome = spend.outcome(UsageLog.Status.SUCCESS)
+        yield chunk({}, state.finish_reason)
+        if include_usage:
+            yield _sse({"id": chunk_id, "object": "chat.completion.chunk", "created": created,
+                        "model": spend.attempts[-1].model.model_name, "choices": [],
+                        "usage": {"prompt_tokens": outcome.tokens_in, "completion_tokens": outcome.tokens_out,
+                                  "total_tokens": outcome.tokens_in + outcome.tokens_out}})
+        yield b"data: [DONE]\n\n"
+    finally:
+        if outcome is None:
+            # Closed before the end: the client disconnected (the upstream stream is closed with us).
+            outcome = spend.outcome(UsageLog.Status.CANCELLED, "client_disconnected")
+        await _finish(prepared, context, outcome, shielded=True)

@@ -205,3 +205,42 @@ def test_shadow_mode_keeps_serving_and_loses_no_usage_while_the_database_is_down
     meter = UsageMeter.objects.get(tenant=tenant, user=None, task=None, metric="TOKENS", window="MONTH")
     assert meter.used == sum(x.tokens_in + x.tokens_out for x in logs)
     _assert_no_holds_left(tenant)
+
+
+def test_openai_sdk_streams_through_the_gateway_and_a_disconnect_mid_stream_settles(postgres, tenant_admin):
+    import openai
+
+    tenant = tenant_admin.tenant
+    _unlimited_concurrency(tenant)
+    token = tokens_for_user(tenant_admin.user)["access"]
+    long_prompt = [{"role": "user", "content": "Write at length about a hinge."}]
+    with gateway_server(workers=1, OFFLINE_PROVIDER_LATENCY_MS="3000") as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1/{TASK}", api_key=token, max_retries=0)
+        pieces, usage = [], None
+        for chunk in client.chat.completions.create(model="auto", messages=MESSAGES, max_tokens=MAX_OUT,
+                                                    stream=True, stream_options={"include_usage": True}):
+            if chunk.usage:
+                usage = chunk.usage
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+        assert usage is not None and usage.completion_tokens == MAX_OUT == len("".join(pieces).split())
+
+        # Now a client that reads a few words of a slow stream and hangs up.
+        with httpx.stream("POST", f"{server.url}/v1/{TASK}/chat/completions",
+                          json={"messages": long_prompt, "max_tokens": 200, "stream": True},
+                          headers={"Authorization": f"Bearer {token}"}, timeout=30) as response:
+            received = 0
+            for line in response.iter_lines():
+                if line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
+                    received += 1
+                    if received == 3:
+                        break
+        deadline = time.monotonic() + 10
+        while UsageLog.objects.filter(tenant=tenant).count() < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    first, cancelled = UsageLog.objects.filter(tenant=tenant).order_by("id")
+    assert (first.status, first.tokens_out) == ("SUCCESS", MAX_OUT)
+    assert cancelled.status == "CANCELLED" and cancelled.error_code == "client_disconnected"
+    assert 3 <= cancelled.tokens_out < 200  # charged for what was generated, not for the whole answer
+    assert cancelled.usage_estimated
+    _assert_no_holds_left(tenant)

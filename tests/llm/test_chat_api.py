@@ -378,10 +378,10 @@ def test_invalid_json_is_400_and_nothing_is_charged(tenant_admin):
     assert_nothing_charged()
 
 
-def test_streaming_is_not_supported(tenant_admin):
-    r = chat(tenant_admin, {"messages": MESSAGES, "stream": True})
+def test_streaming_with_an_idempotency_key_is_refused(tenant_admin):
+    r = chat(tenant_admin, {"messages": MESSAGES, "stream": True}, **{"Idempotency-Key": "k1"})
 
-    assert_error(r, 400, "streaming_not_supported")
+    assert_error(r, 400, "invalid_idempotency_key")
     assert_nothing_charged()
 
 
@@ -435,7 +435,8 @@ def test_a_refresh_token_is_not_an_access_token(tenant_admin):
 def test_provider_error_mid_call_is_503_and_charges_what_was_consumed(tenant_admin):
     messages = [{"role": "user", "content": "Describe a widget [offline:fail]"}]
 
-    r = chat(tenant_admin, {"model": "auto", "messages": messages, "max_tokens": 100})
+    # PRO_M only: one candidate, so no fallback to another model.
+    r = chat(tenant_admin, {"model": "PRO_M", "messages": messages, "max_tokens": 100})
 
     body = assert_error(r, 503, "provider_overloaded")
     assert "Traceback" not in r.content.decode()
@@ -445,10 +446,26 @@ def test_provider_error_mid_call_is_503_and_charges_what_was_consumed(tenant_adm
     assert log.tokens_in == messages_tokens(messages)
     assert log.tokens_out > 0  # half an answer was generated before the failure
     assert log.cost_micro_usd == expected_cost(log.model_name, log.tokens_in, log.tokens_out) > 0
+    assert [a["error"] for a in log.attempts] == ["provider_overloaded"]
     assert tenant_meter(tenant_admin.tenant, Metric.TOKENS, Window.DAY).used == log.tokens_in + log.tokens_out
     assert tenant_meter(tenant_admin.tenant, Metric.COST, Window.MONTH).used == log.cost_micro_usd
     assert UsageReservation.objects.get().status == UsageReservation.Status.COMPLETED
     assert_settled()  # reserved back to 0 everywhere
+
+
+def test_a_retryable_failure_falls_back_to_the_next_candidate_and_charges_both_attempts(tenant_admin):
+    messages = [{"role": "user", "content": "Describe a widget [offline:fail]"}]
+
+    r = chat(tenant_admin, {"model": "auto", "messages": messages, "max_tokens": 100})
+
+    assert_error(r, 503, "provider_overloaded")
+    log = UsageLog.objects.get()
+    assert [(a["model"], a["error"]) for a in log.attempts] == [
+        ("offline-pro-m", "provider_overloaded"), ("offline-pro-l", "provider_overloaded")]
+    assert log.api_calls == 2
+    assert log.tokens_in == sum(a["tokens_in"] for a in log.attempts) == 2 * messages_tokens(messages)
+    assert log.cost_micro_usd == sum(expected_cost(a["model"], a["tokens_in"], a["tokens_out"]) for a in log.attempts)
+    assert_settled()
 
 
 # --- idempotency --------------------------------------------------------------------------------

@@ -1,0 +1,215 @@
+"""Running one admitted call on providers: fallback across candidates, breakers, timeouts, and
+the spend of every attempt (a failed attempt's consumed tokens are charged too)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from catalog.selectors import ModelInfo
+from llm import metrics, router
+from llm.providers.base import ChatRequest, ChatResult, Provider, ProviderError, ProviderTimeout, StreamDelta, Usage
+from llm.tokenizer import text_tokens
+from metering.models import UsageLog
+from metering.services import CallOutcome
+
+
+@dataclass
+class Attempt:
+    model: ModelInfo
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency_ms: int = 0
+    error: str = ""
+    estimated: bool = False
+
+    def cost(self) -> int:
+        return self.model.cost_micro_usd(tokens_in=self.tokens_in, tokens_out=self.tokens_out)
+
+
+@dataclass
+class Spend:
+    """Everything the call consumed, across attempts; the last attempt is the one that served."""
+
+    attempts: list[Attempt] = field(default_factory=list)
+
+    def outcome(self, status: str, error_code: str = "") -> CallOutcome:
+        served = self.attempts[-1] if self.attempts else None
+        failed = self.attempts[:-1] if status == UsageLog.Status.SUCCESS else self.attempts
+        return CallOutcome(
+            status=status,
+            provider=served.model.provider if served else "",
+            model_name=served.model.model_name if served else "",
+            model_class=served.model.model_class if served else "",
+            tokens_in=sum(a.tokens_in for a in self.attempts),
+            tokens_out=sum(a.tokens_out for a in self.attempts),
+            cost_micro_usd=sum(a.cost() for a in self.attempts),
+            api_calls=len(self.attempts),
+            latency_ms=sum(a.latency_ms for a in self.attempts),
+            error_code=error_code,
+            usage_estimated=any(a.estimated for a in self.attempts),
+            attempts=[{"provider": a.model.provider, "model": a.model.model_name, "error": a.error,
+                       "tokens_in": a.tokens_in, "tokens_out": a.tokens_out, "latency_ms": a.latency_ms}
+                      for a in failed if a.error],
+        )
+
+
+class AllCandidatesFailed(Exception):
+    def __init__(self, last: ProviderError | None) -> None:
+        super().__init__(str(last) if last else "no provider available")
+        self.last = last
+
+
+def _request(model: ModelInfo, messages: list[dict[str, Any]], max_tokens: int, temperature: float | None
+             ) -> ChatRequest:
+    return ChatRequest(model=model.model_name, messages=messages, max_tokens=max_tokens, temperature=temperature)
+
+
+def _usable(candidates: list[tuple[ModelInfo, Provider]]) -> list[tuple[ModelInfo, Provider]]:
+    allowed = [(m, p) for m, p in candidates if router.breaker_allows(m)]
+    return allowed
+
+
+async def _pause_before_next(attempt_index: int, deadline: float) -> bool:
+    pause = router.backoff_seconds(attempt_index)
+    if time.monotonic() + pause >= deadline:
+        return False
+    await asyncio.sleep(pause)
+    return True
+
+
+async def chat_with_fallback(
+    candidates: list[tuple[ModelInfo, Provider]], messages: list[dict[str, Any]], max_tokens: int,
+    temperature: float | None, spend: Spend, task_code: str,
+) -> ChatResult:
+    deadline = time.monotonic() + settings.ROUTER_DEADLINE_SECONDS
+    last: ProviderError | None = None
+    for index, (model, provider) in enumerate(_usable(candidates)):
+        if index and not await _pause_before_next(index - 1, deadline):
+            break
+        attempt = Attempt(model=model)
+        spend.attempts.append(attempt)
+        started = time.monotonic()
+        timeout = min(settings.ROUTER_ATTEMPT_TIMEOUT_SECONDS, max(0.001, deadline - started))
+        try:
+            try:
+                result = await asyncio.wait_for(provider.chat(_request(model, messages, max_tokens, temperature)),
+                                                timeout)
+            except TimeoutError:
+                raise ProviderTimeout(f"{model.provider} did not answer within {timeout:.0f} s") from None
+        except ProviderError as error:
+            attempt.latency_ms = int((time.monotonic() - started) * 1000)
+            attempt.tokens_in, attempt.tokens_out, attempt.error = error.tokens_in, error.tokens_out, error.kind
+            metrics.provider_observed(model, time.monotonic() - started, error.kind)
+            last = error
+            if not error.retryable:
+                raise AllCandidatesFailed(error) from None
+            router.record_failure(model)
+            metrics.fallback(task_code, model)
+            continue
+        elapsed = time.monotonic() - started
+        attempt.latency_ms = int(elapsed * 1000)
+        attempt.tokens_in, attempt.tokens_out = result.usage.tokens_in, result.usage.tokens_out
+        attempt.estimated = result.usage.estimated
+        router.record_success(model, elapsed)
+        metrics.provider_observed(model, elapsed, "ok")
+        return result
+    raise AllCandidatesFailed(last)
+
+
+_PIECE = re.compile(r"\w+|[^\w\s]")
+
+
+def _pieces(text: str) -> int:
+    """Words and marks: close to a BPE count for prose. Used, with slack, only to cut off a
+    provider that ignores max_tokens; a well-behaved stream is never truncated by it."""
+    return len(_PIECE.findall(text))
+
+
+@dataclass
+class StreamState:
+    text: list[str] = field(default_factory=list)
+    finish_reason: str = "stop"
+    started_client: bool = False  # once a byte reached the client, no retry
+
+
+async def stream_with_fallback(
+    candidates: list[tuple[ModelInfo, Provider]], messages: list[dict[str, Any]], max_tokens: int,
+    temperature: float | None, spend: Spend, state: StreamState, task_code: str,
+) -> AsyncIterator[str]:
+    """Yield text pieces. Falls back only while nothing has been sent; enforces max_tokens itself
+    too (a provider that ignores it is cut off), and meters from the provider's stream usage or,
+    when it reports none, from the streamed text (flagged as estimated)."""
+    deadline = time.monotonic() + settings.ROUTER_DEADLINE_SECONDS
+    last: ProviderError | None = None
+    for index, (model, provider) in enumerate(_usable(candidates)):
+        if index and not await _pause_before_next(index - 1, deadline):
+            break
+        attempt = Attempt(model=model, tokens_in=provider.count_tokens(messages, model.model_name))
+        spend.attempts.append(attempt)
+        started = time.monotonic()
+        usage: Usage | None = None
+        produced: list[str] = []
+        try:
+            upstream = provider.stream(_request(model, messages, max_tokens, temperature))
+            async with contextlib.aclosing(upstream) as deltas:
+                async for delta in _with_deadline(deltas, deadline):
+                    if delta.usage is not None:
+                        usage = delta.usage
+                    if delta.finish_reason:
+                        state.finish_reason = delta.finish_reason
+                    if delta.text:
+                        if _pieces("".join(produced) + delta.text) > max_tokens + max_tokens // 10 + 4:
+                            state.finish_reason = "length"
+                            break
+                        produced.append(delta.text)
+                        state.text.append(delta.text)
+                        state.started_client = True
+                        attempt.tokens_out = text_tokens("".join(produced))
+                        attempt.estimated = True
+                        yield delta.text
+        except ProviderError as error:
+            attempt.latency_ms = int((time.monotonic() - started) * 1000)
+            attempt.error = error.kind
+            attempt.tokens_in = error.tokens_in or attempt.tokens_in
+            attempt.tokens_out = max(error.tokens_out, attempt.tokens_out)
+            metrics.provider_observed(model, time.monotonic() - started, error.kind)
+            last = error
+            if error.retryable:
+                router.record_failure(model)
+            if state.started_client or not error.retryable:
+                raise AllCandidatesFailed(error) from None
+            metrics.fallback(task_code, model)
+            continue
+        finally:
+            if usage is None and attempt.tokens_out == 0 and produced:
+                attempt.tokens_out = text_tokens("".join(produced))
+        elapsed = time.monotonic() - started
+        attempt.latency_ms = int(elapsed * 1000)
+        if usage is not None:
+            attempt.tokens_in, attempt.tokens_out, attempt.estimated = usage.tokens_in, usage.tokens_out, False
+        router.record_success(model, elapsed)
+        metrics.provider_observed(model, elapsed, "ok")
+        return
+    raise AllCandidatesFailed(last)
+
+
+async def _with_deadline(deltas: AsyncIterator[StreamDelta], deadline: float) -> AsyncIterator[StreamDelta]:
+    iterator = deltas.__aiter__()
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            delta = await asyncio.wait_for(iterator.__anext__(), max(0.001, min(
+                remaining, settings.ROUTER_ATTEMPT_TIMEOUT_SECONDS)))
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise ProviderTimeout("the provider stopped sending within the attempt timeout") from None
+        yield delta

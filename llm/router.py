@@ -1,0 +1,120 @@
+"""Routing: candidate order by strategy, circuit breakers shared across processes, fallback.
+
+Strategy (settings.ROUTER_STRATEGY, overridable per plan or task via ROUTER_STRATEGY_OVERRIDES):
+- cost:         cheapest first, then faster (latency EWMA), then healthier
+- performance:  faster first, then cheaper
+- availability: healthier (closed breaker, fewer recent failures) first, then cheaper
+Candidates stay grouped by model-class preference: `auto` tries the cheapest allowed class first.
+
+Breaker per provider model, state in the shared cache (Redis in production) so every worker
+process sees it: open after ROUTER_BREAKER_FAILURES consecutive failures; after
+ROUTER_BREAKER_COOLDOWN_SECONDS one process at a time may send a half-open probe; a success
+closes it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.cache import cache
+
+from catalog.selectors import ModelInfo
+
+EWMA_ALPHA = 0.3
+
+
+def _k(kind: str, model: ModelInfo) -> str:
+    return f"router:{kind}:{model.provider}:{model.model_name}"
+
+
+@dataclass(frozen=True)
+class BreakerState:
+    state: str  # closed | open | half_open
+    failures: int
+
+
+def breaker_state(model: ModelInfo, now: float | None = None) -> BreakerState:
+    now = now or time.time()
+    values = cache.get_many([_k("fail", model), _k("open", model)])
+    failures = int(values.get(_k("fail", model)) or 0)
+    opened_at = values.get(_k("open", model))
+    if opened_at is None:
+        return BreakerState("closed", failures)
+    if now - float(opened_at) >= settings.ROUTER_BREAKER_COOLDOWN_SECONDS:
+        return BreakerState("half_open", failures)
+    return BreakerState("open", failures)
+
+
+def breaker_allows(model: ModelInfo) -> bool:
+    state = breaker_state(model)
+    if state.state == "closed":
+        return True
+    if state.state == "open":
+        return False
+    # Half-open: exactly one probe across all processes per cool-down.
+    return cache.add(_k("probe", model), 1, settings.ROUTER_BREAKER_COOLDOWN_SECONDS)
+
+
+def record_success(model: ModelInfo, latency_s: float) -> None:
+    cache.delete_many([_k("fail", model), _k("open", model), _k("probe", model)])
+    previous = cache.get(_k("ewma", model))
+    value = latency_s if previous is None else EWMA_ALPHA * latency_s + (1 - EWMA_ALPHA) * float(previous)
+    cache.set(_k("ewma", model), value, 3600)
+
+
+def record_failure(model: ModelInfo) -> None:
+    key = _k("fail", model)
+    cache.add(key, 0, 3600)
+    try:
+        failures = cache.incr(key)
+    except ValueError:
+        cache.set(key, 1, 3600)
+        failures = 1
+    if failures >= settings.ROUTER_BREAKER_FAILURES:
+        # (Re)open: a failed half-open probe starts a new cool-down.
+        cache.set(_k("open", model), time.time(), 3600)
+        cache.delete(_k("probe", model))
+
+
+def latency_ewma(model: ModelInfo) -> float | None:
+    value = cache.get(_k("ewma", model))
+    return None if value is None else float(value)
+
+
+def strategy_for(*, plan_code: str, task_code: str) -> str:
+    overrides = settings.ROUTER_STRATEGY_OVERRIDES
+    return overrides.get(task_code) or overrides.get(plan_code) or settings.ROUTER_STRATEGY
+
+
+def order_candidates(candidates: Sequence[ModelInfo], *, classes: Sequence[str], strategy: str,
+                     tokens_in: int, max_tokens_out: int) -> list[ModelInfo]:
+    def cost(m: ModelInfo) -> int:
+        return m.cost_micro_usd(tokens_in=tokens_in, tokens_out=max_tokens_out)
+
+    def speed(m: ModelInfo) -> float:
+        latency = latency_ewma(m)
+        return latency if latency is not None else 0.0  # unknown: give it a chance
+
+    def health(m: ModelInfo) -> tuple[int, int]:
+        state = breaker_state(m)
+        return ({"closed": 0, "half_open": 1, "open": 2}[state.state], state.failures)
+
+    def key(m: ModelInfo) -> tuple:
+        preference = classes.index(m.model_class) if m.model_class in classes else len(classes)
+        if strategy == "performance":
+            return (preference, speed(m), cost(m), health(m), m.priority)
+        if strategy == "availability":
+            return (preference, health(m), cost(m), speed(m), m.priority)
+        return (preference, cost(m), speed(m), health(m), m.priority)
+
+    return sorted(candidates, key=key)
+
+
+def backoff_seconds(attempt: int) -> float:
+    """Jittered exponential backoff between fallback attempts ("full jitter")."""
+    cap = min(settings.ROUTER_BACKOFF_MAX_SECONDS, settings.ROUTER_BACKOFF_BASE_SECONDS * (2 ** attempt))
+    return random.uniform(0, cap)
