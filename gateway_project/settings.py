@@ -224,6 +224,9 @@ RESERVATION_LEASE_SECONDS = env.int("RESERVATION_LEASE_SECONDS", default=120)
 OFFLINE_PROVIDER_LATENCY_MS = env.int("OFFLINE_PROVIDER_LATENCY_MS", default=0)
 IDEMPOTENCY_WAIT_SECONDS = env.int("IDEMPOTENCY_WAIT_SECONDS", default=30)
 
+# Tests that wrap each request in the test's own transaction run DB steps on the request thread.
+DB_STEPS_THREAD_SENSITIVE = env.bool("DB_STEPS_THREAD_SENSITIVE", default=False)
+
 # --- Router -------------------------------------------------------------------------
 ROUTER_STRATEGY = env.str("ROUTER_STRATEGY", default="cost")
 # "PRO=performance,LLM2_DRAFT=availability": keys are plan or task codes; a task beats a plan.
@@ -237,6 +240,71 @@ ROUTER_BREAKER_COOLDOWN_SECONDS = env.float("ROUTER_BREAKER_COOLDOWN_SECONDS", d
 ROUTER_BACKOFF_BASE_SECONDS = env.float("ROUTER_BACKOFF_BASE_SECONDS", default=0.05)
 ROUTER_BACKOFF_MAX_SECONDS = env.float("ROUTER_BACKOFF_MAX_SECONDS", default=1.0)
 METERING_SPOOL_DIR = Path(env.str("METERING_SPOOL_DIR", default=str(VAR_DIR / "spool")))
+
+# --- LLM providers ------------------------------------------------------------------
+# A provider is configured when its key (openai_compatible: its base URL) is set here; otherwise
+# an active ProviderCredential from the admin is used (llm/providers/registry.py). Empty = unset.
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
+GROK_API_KEY = env.str("GROK_API_KEY", default="")
+GROK_BASE_URL = env.str("GROK_BASE_URL", default="https://api.x.ai/v1")
+GOOGLE_AI_API_KEY = env.str("GOOGLE_AI_API_KEY", default="")
+GEMINI_BASE_URL = env.str("GEMINI_BASE_URL", default="")
+ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
+ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="")
+OPENAI_COMPATIBLE_BASE_URL = env.str("OPENAI_COMPATIBLE_BASE_URL", default="")  # vLLM, Ollama, llama.cpp ...
+OPENAI_COMPATIBLE_API_KEY = env.str("OPENAI_COMPATIBLE_API_KEY", default="")  # optional
+PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=60.0)
+
+
+def _fernet_keys_check(value: str) -> str:
+    # Comma-separated Fernet keys, newest first (older ones only decrypt: key rotation).
+    import base64
+    import binascii
+
+    keys = [k.strip() for k in value.split(",") if k.strip()]
+    for key in keys:
+        try:
+            valid = len(base64.urlsafe_b64decode(key.encode())) == 32
+        except (binascii.Error, ValueError):
+            valid = False
+        if not valid:
+            raise ImproperlyConfigured(
+                "CREDENTIALS_ENCRYPTION_KEY must hold Fernet keys (32 url-safe base64-encoded bytes), comma-separated,"
+                " newest first. Generate one with: python -c 'from cryptography.fernet import Fernet;"
+                " print(Fernet.generate_key().decode())'"
+            )
+    if not keys:
+        raise ImproperlyConfigured("CREDENTIALS_ENCRYPTION_KEY holds no key.")
+    return ",".join(keys)
+
+
+def _embedded_credentials_key() -> str:
+    # Generated once into var/ (mode 0600 from the start) so stored credentials survive restarts.
+    import base64
+    import os
+
+    path = VAR_DIR / "credentials_key"
+    if not path.exists():
+        staging = VAR_DIR / f".credentials_key.{os.getpid()}"
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+        try:
+            os.link(staging, path)  # atomic: concurrent first starts agree on one key
+        except FileExistsError:
+            pass
+        finally:
+            staging.unlink()
+    return path.read_text().strip()
+
+
+if PRODUCTION:
+    CREDENTIALS_ENCRYPTION_KEY = _fernet_keys_check(_require("CREDENTIALS_ENCRYPTION_KEY"))
+else:
+    CREDENTIALS_ENCRYPTION_KEY = _fernet_keys_check(
+        env.str("CREDENTIALS_ENCRYPTION_KEY", default="") or _embedded_credentials_key()
+    )
 
 # --- I18N, static ------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

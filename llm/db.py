@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import connections
 
 
@@ -27,4 +28,7 @@ def db_step(fn: Callable[..., Any]) -> Callable[..., Any]:
         finally:
             release_db_connections()
 
-    return sync_to_async(run)
+    # Not thread-sensitive: steps run on the event loop's small shared thread pool, which also
+    # bounds how many connections one worker process uses at once (each step is self-contained:
+    # its own transaction, connection released at the end).
+    return sync_to_async(run, thread_sensitive=settings.DB_STEPS_THREAD_SENSITIVE)

@@ -118,20 +118,20 @@ def _refuse(context: TenantContext, decision: EnforcementDecision, request_id: s
                        retry_after=decision.retry_after)
 
 
-def _replay_or_wait(context: TenantContext, key: str, print_: str) -> _Replay | None:
-    """Return the stored response of an earlier call with this key, waiting while it runs."""
-    deadline = time.monotonic() + settings.IDEMPOTENCY_WAIT_SECONDS
-    while True:
-        existing = metering.idempotency_lookup(tenant_id=context.tenant_id, key=key, fingerprint=print_)
-        if existing is None:
-            return None  # free (never used, or its call failed): run the call
-        if existing.status == UsageReservation.Status.COMPLETED and existing.response_body is not None:
-            return _Replay(status=existing.response_status or 200, body=existing.response_body)
-        if existing.status != UsageReservation.Status.ACTIVE:
-            return None
-        if time.monotonic() > deadline:
-            raise Conflict("A request with this Idempotency-Key is still running.", code="idempotency_in_progress")
-        time.sleep(0.05)
+class _InFlight:
+    """Another request holds this Idempotency-Key and is still running: wait (off-thread) and ask again."""
+
+
+def _replay_lookup(context: TenantContext, key: str, print_: str) -> _Replay | _InFlight | None:
+    """The stored response of an earlier call with this key, _InFlight while it runs, None if free."""
+    existing = metering.idempotency_lookup(tenant_id=context.tenant_id, key=key, fingerprint=print_)
+    if existing is None:
+        return None  # never used, or its call failed and freed the key: run the call
+    if existing.status == UsageReservation.Status.COMPLETED and existing.response_body is not None:
+        return _Replay(status=existing.response_status or 200, body=existing.response_body)
+    if existing.status == UsageReservation.Status.ACTIVE:
+        return _InFlight()
+    return None
 
 
 def _admit(
@@ -143,7 +143,7 @@ def _admit(
         now = timezone.now()
         try:
             if idempotency_key:
-                replay = _replay_or_wait(context, idempotency_key, print_)
+                replay = _replay_lookup(context, idempotency_key, print_)
                 if replay is not None:
                     return replay
             decision = policy_evaluate(
@@ -158,7 +158,7 @@ def _admit(
                     mode=mode, now=now, idempotency_key=idempotency_key, fingerprint=print_,
                 )
             except metering.IdempotencyInFlight:
-                continue  # another request took the key first: wait for its answer
+                return _InFlight()  # another request took the key first: wait for its answer
             except GatewayError as refusal:
                 metering.usage_log_refusal(
                     request_id=request_id, tenant_id=context.tenant_id, user_id=context.user_id,
@@ -279,8 +279,15 @@ async def _prepare(context: TenantContext, task_code: str, body: Any, idempotenc
     request_id = "req_" + uuid.uuid4().hex
     tokens_in = messages_tokens(chat.messages)
     print_ = fingerprint(task_code, body)
+    wait_until = time.monotonic() + settings.IDEMPOTENCY_WAIT_SECONDS
     try:
-        admitted = await db_step(_admit)(context, task_code, chat, tokens_in, request_id, idempotency_key, print_)
+        while isinstance(admitted := await db_step(_admit)(context, task_code, chat, tokens_in, request_id,
+                                                           idempotency_key, print_), _InFlight):
+            # Waiting holds no thread and no connection: only a short lookup every 50 ms.
+            if time.monotonic() > wait_until:
+                raise Conflict("A request with this Idempotency-Key is still running.",
+                               code="idempotency_in_progress")
+            await asyncio.sleep(0.05)
     except GatewayError as refusal:
         metrics.call_finished(task=task_code, status="REFUSED", code=refusal.code, provider="", tokens_in=0,
                               tokens_out=0, cost_micro_usd=0, overhead_seconds=None)

@@ -29,7 +29,10 @@ def pytest_collection_modifyitems(config, items):
 def _private_file_cache(tmp_path_factory):
     """Without Redis, each test run gets its own file cache so parallel runs never share state."""
     # A fast hasher: the suite creates many users and PBKDF2 would dominate its run time.
-    fast = {"PASSWORD_HASHERS": ["django.contrib.auth.hashers.MD5PasswordHasher"]}
+    fast = {"PASSWORD_HASHERS": ["django.contrib.auth.hashers.MD5PasswordHasher"],
+            # In-process test requests must see the test's own (uncommitted) transaction; the
+            # integration tests' uvicorn workers run with the production default.
+            "DB_STEPS_THREAD_SENSITIVE": True}
     if os.environ.get("REDIS_URL"):
         with override_settings(**fast):
             yield
