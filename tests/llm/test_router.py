@@ -1,0 +1,106 @@
+"""Router: strategy ordering, circuit breakers shared through the cache, traffic moving away from a
+failing model and back once it recovers."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.core.cache import cache
+
+from catalog.selectors import provider_models_active
+from llm import router
+from metering.models import UsageLog
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def model(name: str):
+    return next(m for m in provider_models_active() if m.model_name == name)
+
+
+@pytest.fixture
+def quick_breaker(settings):
+    settings.ROUTER_BREAKER_FAILURES = 3
+    settings.ROUTER_BREAKER_COOLDOWN_SECONDS = 0.3
+    settings.ROUTER_BACKOFF_BASE_SECONDS = 0.0
+
+
+def test_breaker_opens_after_n_consecutive_failures_then_probes_once_and_closes(catalog, quick_breaker):
+    m = model("offline-pro-m")
+    for _ in range(2):
+        router.record_failure(m)
+    assert router.breaker_state(m).state == "closed" and router.breaker_allows(m)
+    router.record_failure(m)
+    assert router.breaker_state(m).state == "open"
+    assert not router.breaker_allows(m)
+    time.sleep(0.35)
+    assert router.breaker_state(m).state == "half_open"
+    assert router.breaker_allows(m)  # the one probe
+    assert not router.breaker_allows(m)  # everyone else waits for its answer
+    router.record_success(m, 0.01)
+    assert router.breaker_state(m).state == "closed" and router.breaker_allows(m)
+
+
+def test_a_failed_probe_reopens_the_breaker(catalog, quick_breaker):
+    m = model("offline-pro-m")
+    for _ in range(3):
+        router.record_failure(m)
+    time.sleep(0.35)
+    assert router.breaker_allows(m)
+    router.record_failure(m)
+    assert router.breaker_state(m).state == "open"
+
+
+def test_breaker_state_lives_in_the_shared_cache(catalog, quick_breaker):
+    m = model("offline-pro-m")
+    for _ in range(3):
+        router.record_failure(m)
+    # Another process sees exactly what is in the cache: emulate it by reading the raw keys.
+    assert cache.get(f"router:open:{m.provider}:{m.model_name}") is not None
+    assert int(cache.get(f"router:fail:{m.provider}:{m.model_name}")) == 3
+
+
+def test_strategies_order_candidates(catalog):
+    cheap, dear = model("offline-pro-m"), model("offline-pro-l")
+    classes = ["PRO_M", "PRO_L"]
+    assert router.order_candidates([dear, cheap], classes=classes, strategy="cost", tokens_in=100,
+                                   max_tokens_out=100) == [cheap, dear]
+    # Within one class, cost then latency decide; across classes, the preference order stays.
+    gpt, grok = model("gpt-4o"), model("grok-3")
+    router.record_success(gpt, 2.0)
+    router.record_success(grok, 0.1)
+    assert router.order_candidates([gpt, grok], classes=["PRO_M"], strategy="cost", tokens_in=100,
+                                   max_tokens_out=100) == [gpt, grok]
+    assert router.order_candidates([gpt, grok], classes=["PRO_M"], strategy="performance", tokens_in=100,
+                                   max_tokens_out=100) == [grok, gpt]
+    for _ in range(5):
+        router.record_failure(grok)
+    assert router.order_candidates([grok, gpt], classes=["PRO_M"], strategy="availability", tokens_in=100,
+                                   max_tokens_out=100) == [gpt, grok]
+
+
+def test_strategy_overrides_per_task_beat_per_plan(settings):
+    settings.ROUTER_STRATEGY = "cost"
+    settings.ROUTER_STRATEGY_OVERRIDES = {"PRO": "performance", "LLM2_DRAFT": "availability"}
+    assert router.strategy_for(plan_code="PRO", task_code="LLM2_DRAFT") == "availability"
+    assert router.strategy_for(plan_code="PRO", task_code="LLM1_PRIOR_ART") == "performance"
+    assert router.strategy_for(plan_code="FREE", task_code="LLM1_PRIOR_ART") == "cost"
+
+
+def test_traffic_moves_off_an_open_breaker_and_back_after_recovery(tenant_admin, quick_breaker):
+    body = {"model": "auto", "messages": [{"role": "user", "content": "a hinge"}], "max_tokens": 20}
+    failing = {"model": "auto", "messages": [{"role": "user", "content": "a hinge [offline:fail]"}],
+               "max_tokens": 20}
+    for _ in range(3):  # each call fails on both candidates: both breakers count
+        tenant_admin.client.post("/v1/LLM2_DRAFT/chat/completions", failing, format="json")
+    assert router.breaker_state(model("offline-pro-m")).state == "open"
+    # Let the cheaper model recover first: the dearer one stays open.
+    cache.delete_many(["router:open:offline:offline-pro-l", "router:fail:offline:offline-pro-l"])
+    r = tenant_admin.client.post("/v1/LLM2_DRAFT/chat/completions", body, format="json")
+    assert r.status_code == 200 and r.json()["model"] == "offline-pro-l"  # traffic moved
+    time.sleep(0.35)
+    r = tenant_admin.client.post("/v1/LLM2_DRAFT/chat/completions", body, format="json")
+    assert r.json()["model"] == "offline-pro-m"  # the half-open probe succeeded: back to the cheaper model
+    assert router.breaker_state(model("offline-pro-m")).state == "closed"
+    assert UsageLog.objects.filter(status="SUCCESS").count() == 2
