@@ -14,14 +14,10 @@ from django.db import connection, connections
 from django.utils import timezone
 
 from catalog.models import Task
-from metering.models import UsageLog, UsageMeter, UsageReservation
+from metering.bench import bench_data_delete, bench_tenant_user
 from metering.policy import policy_evaluate
-from metering.services import CallOutcome, policy_rule_set, usage_admit, usage_settle
-from tenants import services as tenant_services
-from tenants.models import Tenant, User
+from metering.services import CallOutcome, usage_admit, usage_settle
 from tenants.selectors import identity_resolve
-
-BENCH_SLUG = "bench-tenant"
 
 
 def _percentile(samples: list[float], p: float) -> float:
@@ -44,14 +40,14 @@ class Command(BaseCommand):
             raise CommandError("--iterations must be >= 10 and --threads >= 1.")
         if not Task.objects.filter(code=options["task"]).exists():
             raise CommandError(f"Unknown task '{options['task']}' (run seed_catalog first).")
-        user = self._bench_user()
+        user = bench_tenant_user()
         context = identity_resolve(user_id=user.pk, tenant_id=user.tenant_id, ati_id=user.tenant.signup_ati_token_id)
         try:
             single = self._run(context, options["task"], options["iterations"], 1)
             contended = self._run(context, options["task"], options["iterations"], options["threads"])
         finally:
             if not options["keep"]:
-                self._cleanup(user.tenant)
+                bench_data_delete(user.tenant)
         report = {"database": connection.vendor, "single_thread": single,
                   f"{options['threads']}_threads_same_tenant": contended}
         if options["json"]:
@@ -65,25 +61,6 @@ class Command(BaseCommand):
             for phase in ("policy", "admission", "settlement", "total"):
                 self.stdout.write(f"  {phase:<11} p50 {figures[phase]['p50_us']:>8} us   "
                                   f"p99 {figures[phase]['p99_us']:>8} us")
-
-    def _bench_user(self) -> User:
-        tenant = Tenant.objects.filter(slug=BENCH_SLUG).first()
-        if tenant is None:
-            issued = tenant_services.ati_token_issue(plan_code="PRO", note="bench_policy")
-            tenant, _ = tenant_services.tenant_signup(
-                ati_secret=issued.secret, tenant_name="Bench Tenant", username=f"bench-{uuid.uuid4().hex[:8]}",
-                email="bench@example.invalid", password=uuid.uuid4().hex,
-            )
-            tenant.slug = BENCH_SLUG
-            tenant.save(update_fields=["slug"])
-        # Limits high enough that the benchmark measures the path, not refusals.
-        for key, value in (("tenant_tokens_per_day", 10**15), ("tenant_tokens_per_month", 10**15),
-                           ("user_tokens_per_month", 10**15), ("tenant_cost_per_month_usd", "1000000000"),
-                           ("tenant_api_calls_per_month", 10**15), ("tenant_rpm", 10**9), ("user_rpm", 10**9)):
-            policy_rule_set(scope="TENANT", tenant=tenant, key=key, value=value)
-        for task in Task.objects.all():
-            policy_rule_set(scope="TENANT", tenant=tenant, task=task, key="max_concurrent", value=10**6)
-        return User.objects.filter(tenant=tenant).select_related("tenant").first()
 
     def _run(self, context, task_code: str, iterations: int, threads: int) -> dict:
         samples: dict[str, list[float]] = {"policy": [], "admission": [], "settlement": [], "total": []}
@@ -135,8 +112,3 @@ class Command(BaseCommand):
             **{k: {"p50_us": int(statistics.median(v) * 1e6), "p99_us": int(_percentile(v, 99) * 1e6)}
                for k, v in samples.items()},
         }
-
-    def _cleanup(self, tenant: Tenant) -> None:
-        UsageLog.objects.filter(tenant=tenant).delete()
-        UsageReservation.objects.filter(tenant=tenant).delete()
-        UsageMeter.objects.filter(tenant=tenant).delete()
