@@ -14,6 +14,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include("tenants.urls")),
     path("api/", include("metering.urls")),
+    path("api/", include("llm.urls_tasks")),
     path("v1/", include("llm.urls")),
 ]
 

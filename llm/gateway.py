@@ -53,6 +53,10 @@ class ChatInput:
     max_tokens: int | None
     temperature: float | None
     stream: bool
+    # Task adapters run several steps under one reservation and declare their model classes.
+    steps: int | str = 1
+    api_calls: int | str | None = None
+    restrict_classes: tuple[str, ...] | None = None
 
 
 def _parse(body: Any) -> ChatInput:
@@ -139,45 +143,45 @@ def _admit(
     idempotency_key: str | None, print_: str,
 ) -> _Admitted | _Replay:
     mode = enforcement_mode(context)
-    while True:
-        now = timezone.now()
+    now = timezone.now()
+    try:
+        if idempotency_key:
+            replay = _replay_lookup(context, idempotency_key, print_)
+            if replay is not None:
+                return replay
+        decision = policy_evaluate(
+            context=context, task_code=task_code, requested_model=chat.model, tokens_in=tokens_in,
+            requested_max_tokens_out=chat.max_tokens, now=now, mode=mode, steps=chat.steps,
+            api_calls=chat.api_calls, restrict_classes=chat.restrict_classes,
+        )
+        if not decision.allowed:
+            _refuse(context, decision, request_id, mode, now)
         try:
-            if idempotency_key:
-                replay = _replay_lookup(context, idempotency_key, print_)
-                if replay is not None:
-                    return replay
-            decision = policy_evaluate(
-                context=context, task_code=task_code, requested_model=chat.model, tokens_in=tokens_in,
-                requested_max_tokens_out=chat.max_tokens, now=now, mode=mode,
+            admission = metering.usage_admit(
+                tenant_id=context.tenant_id, user_id=context.user_id, decision=decision, request_id=request_id,
+                mode=mode, now=now, idempotency_key=idempotency_key, fingerprint=print_,
             )
-            if not decision.allowed:
-                _refuse(context, decision, request_id, mode, now)
-            try:
-                admission = metering.usage_admit(
-                    tenant_id=context.tenant_id, user_id=context.user_id, decision=decision, request_id=request_id,
-                    mode=mode, now=now, idempotency_key=idempotency_key, fingerprint=print_,
-                )
-            except metering.IdempotencyInFlight:
-                return _InFlight()  # another request took the key first: wait for its answer
-            except GatewayError as refusal:
-                metering.usage_log_refusal(
-                    request_id=request_id, tenant_id=context.tenant_id, user_id=context.user_id,
-                    task_id=decision.task.id, feature_code=decision.task.feature_code, code=refusal.code, mode=mode,
-                    now=now,
-                )
-                raise
-            if decision.would_refuse_code and not admission.would_refuse_code:
-                admission.would_refuse_code = decision.would_refuse_code
-            return _Admitted(decision=decision, admission=admission, mode=mode, now=now)
-        except DatabaseError:
-            if mode == "HARD":
-                logger.exception("metering database unavailable; refusing (HARD mode)")
-                raise ServiceUnavailable("Metering is unavailable; try again shortly.", code="metering_unavailable",
-                                         retry_after=5) from None
-            # SHADOW/SOFT fail open: the call runs; its usage is spooled and recorded later.
-            logger.error("metering database unavailable; failing open in %s mode", mode)
-            decision = _decision_without_db(context, task_code, chat, tokens_in, now, mode)
-            return _Admitted(decision=decision, admission=None, mode=mode, now=now)
+        except metering.IdempotencyInFlight:
+            return _InFlight()  # another request took the key first: wait for its answer
+        except GatewayError as refusal:
+            metering.usage_log_refusal(
+                request_id=request_id, tenant_id=context.tenant_id, user_id=context.user_id,
+                task_id=decision.task.id, feature_code=decision.task.feature_code, code=refusal.code, mode=mode,
+                now=now,
+            )
+            raise
+        if decision.would_refuse_code and not admission.would_refuse_code:
+            admission.would_refuse_code = decision.would_refuse_code
+        return _Admitted(decision=decision, admission=admission, mode=mode, now=now)
+    except DatabaseError:
+        if mode == "HARD":
+            logger.exception("metering database unavailable; refusing (HARD mode)")
+            raise ServiceUnavailable("Metering is unavailable; try again shortly.", code="metering_unavailable",
+                                     retry_after=5) from None
+        # SHADOW/SOFT fail open: the call runs; its usage is spooled and recorded later.
+        logger.error("metering database unavailable; failing open in %s mode", mode)
+        decision = _decision_without_db(context, task_code, chat, tokens_in, now, mode)
+        return _Admitted(decision=decision, admission=None, mode=mode, now=now)
 
 
 def _decision_without_db(context, task_code, chat, tokens_in, now, mode) -> EnforcementDecision:
@@ -185,7 +189,8 @@ def _decision_without_db(context, task_code, chat, tokens_in, now, mode) -> Enfo
     try:
         decision = policy_evaluate(context=context, task_code=task_code, requested_model=chat.model,
                                    tokens_in=tokens_in, requested_max_tokens_out=chat.max_tokens, now=now, mode=mode,
-                                   usage_unavailable=True)
+                                   usage_unavailable=True, steps=chat.steps, api_calls=chat.api_calls,
+                                   restrict_classes=chat.restrict_classes)
     except DatabaseError:
         raise ServiceUnavailable("Metering is unavailable and the policy cache is cold.",
                                  code="metering_unavailable", retry_after=5) from None

@@ -166,6 +166,7 @@ class EnforcementDecision:
     tokens_in: int = 0
     max_tokens_out: int = 0
     api_calls: int = 1
+    steps: int = 1
     warnings: list[str] = field(default_factory=list)
     would_refuse_code: str = ""  # SHADOW: the per-request refusal HARD would have returned
 
@@ -275,7 +276,9 @@ def policy_evaluate(
     requested_model: str = "auto",
     tokens_in: int,
     requested_max_tokens_out: int | None = None,
-    api_calls: int | None = None,
+    api_calls: int | str | None = None,
+    steps: int | str = 1,
+    restrict_classes: tuple[str, ...] | None = None,
     now: datetime,
     mode: str = "HARD",
     usage_unavailable: bool = False,
@@ -295,7 +298,8 @@ def policy_evaluate(
         )
     resolver = _Resolver(_load_rules(context), context, task, now, usage_unavailable)
     narrowed = resolver.per_request("allowed_model_classes")
-    allowed = [c for c in plan_classes if narrowed is None or c in narrowed.value]
+    allowed = [c for c in plan_classes if (narrowed is None or c in narrowed.value)
+               and (restrict_classes is None or c in restrict_classes)]
     classes, pinned, error = _select_models(requested_model, allowed)
     if error == "model_not_found":
         return EnforcementDecision.refuse("model_not_found", f"Unknown model '{requested_model}'.", 404, task)
@@ -344,7 +348,16 @@ def policy_evaluate(
     decision.max_tokens_out = min([wanted, *caps])
     if decision.max_tokens_out != wanted:
         decision.warnings.append(f"max_tokens clamped from {wanted} to {decision.max_tokens_out}")
+    # Multi-step tasks hold for their worst case: steps and API calls may name the policy key
+    # that bounds them (e.g. steps="agent_max_steps", api_calls="max_api_calls").
+    if isinstance(steps, str):
+        decision.steps = int(decision.limits[steps].value) if steps in decision.limits else 1
+    else:
+        decision.steps = steps
+    decision.steps = max(1, decision.steps)
     max_calls = decision.limits.get("max_api_calls")
+    if isinstance(api_calls, str):
+        api_calls = int(decision.limits[api_calls].value) if api_calls in decision.limits else decision.steps
     decision.api_calls = api_calls if api_calls is not None else 1
     if max_calls is not None:
         decision.api_calls = min(decision.api_calls, max_calls.value)
@@ -353,8 +366,8 @@ def policy_evaluate(
         (m.cost_micro_usd(tokens_in=tokens_in, tokens_out=decision.max_tokens_out) for m in candidates), default=0
     )
     amounts = {
-        Metric.TOKENS: tokens_in + decision.max_tokens_out,
-        Metric.COST: worst_cost,
+        Metric.TOKENS: decision.steps * (tokens_in + decision.max_tokens_out),
+        Metric.COST: decision.steps * worst_cost,
         Metric.API_CALLS: decision.api_calls,
         Metric.REQUESTS: 1,
         Metric.CONCURRENT: 1,
