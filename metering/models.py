@@ -284,3 +284,36 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class UsageDaily(models.Model):
+    """Per-day rollup of the ledger for reports and the console: one row per tenant, user, task, model
+    and UTC day, kept by one upsert in the transaction that writes each ledger row (never a ledger scan)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="usage_daily")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="+")
+    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="+")
+    model_name = models.CharField(max_length=128, blank=True)
+    day = models.DateField()
+    requests = models.BigIntegerField(default=0, help_text="Admitted calls (refused ones not included).")
+    refused = models.BigIntegerField(default=0)
+    tokens_in = models.BigIntegerField(default=0)
+    tokens_out = models.BigIntegerField(default=0)
+    api_calls = models.BigIntegerField(default=0)
+    cost_micro_usd = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "usage daily"
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "user", "task", "model_name", "day"],
+                                    name="uniq_usage_daily_subject_day"),
+        ]
+        indexes = [
+            models.Index(fields=["day"], name="usagedaily_day"),
+            models.Index(fields=["tenant", "day"], name="usagedaily_tenant_day"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.tenant_id}/{self.user_id}/{self.task_id}/{self.model_name}"
+

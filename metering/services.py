@@ -12,11 +12,11 @@ import logging
 import uuid
 import zoneinfo
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
@@ -26,6 +26,7 @@ from metering.models import (
     Metric,
     PolicyRule,
     QuotaAlert,
+    UsageDaily,
     UsageHold,
     UsageLog,
     UsageMeter,
@@ -35,6 +36,7 @@ from metering.models import (
 from metering.periods import period_start, seconds_until_reset
 from metering.policy import EnforcementDecision, HoldSpec
 from metering.policy_keys import POLICY_KEYS, KeyKind
+from tenants.audit import audit_record, changed_fields
 
 logger = logging.getLogger("gateway.metering")
 
@@ -240,8 +242,30 @@ def _holds_apply(*, reservation: UsageReservation, outcome: CallOutcome, now: da
         would_refuse_code=outcome.would_refuse_code, usage_estimated=outcome.usage_estimated,
         attempts=outcome.attempts, admitted_at=reservation.created_at, created_at=now,
     )
+    usage_daily_add(log)
     _quota_alerts(reservation=reservation, holds=holds, outcome=outcome, values=values)
     return log
+
+
+_DAILY_SUMS = ("requests", "refused", "tokens_in", "tokens_out", "api_calls", "cost_micro_usd")
+
+
+def usage_daily_add(log: UsageLog) -> None:
+    """Add one ledger row to its per-day rollup: one upsert, in the transaction that wrote the row."""
+    table = connection.ops.quote_name(UsageDaily._meta.db_table)
+    refused = log.status == UsageLog.Status.REFUSED
+    day = log.admitted_at.astimezone(UTC).date()
+    values = [log.tenant_id, log.user_id, log.task_id, log.model_name, connection.ops.adapt_datefield_value(day),
+              0 if refused else 1, 1 if refused else 0, log.tokens_in, log.tokens_out, log.api_calls,
+              log.cost_micro_usd]
+    columns = ("tenant_id", "user_id", "task_id", "model_name", "day", *_DAILY_SUMS)
+    updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in _DAILY_SUMS)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) "
+            f"ON CONFLICT (tenant_id, user_id, task_id, model_name, day) DO UPDATE SET {updates}",
+            values,
+        )
 
 
 def _quota_alerts(*, reservation: UsageReservation, holds: list[UsageHold], outcome: CallOutcome,
@@ -317,6 +341,7 @@ def usage_log_refusal(
         status=UsageLog.Status.REFUSED, error_code=code, enforcement_mode=mode, model_class=model_class,
         admitted_at=now, created_at=now,
     )
+    usage_daily_add(log)
     _log_line(log, decision=code)
     return log
 
@@ -430,8 +455,11 @@ def policy_rule_set(
     when_quota_key: str = "",
     when_usage_percent_gte: int | None = None,
     note: str = "",
+    actor: Any = None,
+    source: str | None = None,
 ) -> PolicyRule:
-    """Create or update the one rule for (scope, subject, task, key, window, condition), validated."""
+    """Create or update the one rule for (scope, subject, task, key, window, condition), validated.
+    The change is recorded in the audit log (`actor` / `source`: see tenants.audit)."""
     from metering.policy import policy_cache_invalidate
     from metering.policy_keys import PolicyValueError, validate_value
 
@@ -467,6 +495,7 @@ def policy_rule_set(
         lookup["weekdays__isnull"] = True
         del lookup["weekdays"]
     rule = PolicyRule.objects.filter(**lookup).first()
+    before = policy_rule_snapshot(rule) if rule is not None else None
     if rule is None:
         lookup.pop("weekdays__isnull", None)
         rule = PolicyRule(**{**lookup, "weekdays": weekdays})
@@ -477,5 +506,26 @@ def policy_rule_set(
     rule.is_active = True
     rule.seeded = False  # an operator's rule: a re-seed never touches it
     rule.save()
+    after = policy_rule_snapshot(rule)
+    if before is not None:
+        before, after = changed_fields(before, after)
+    audit_record(action="policy_rule.update" if before is not None else "policy_rule.create",
+                 object_type="policy_rule", object_id=rule.pk,
+                 tenant=rule.tenant_id or getattr(user, "tenant_id", None),
+                 before=before, after=after, actor=actor, source=source)
     transaction.on_commit(policy_cache_invalidate)
     return rule
+
+
+def policy_rule_snapshot(rule: PolicyRule) -> dict[str, Any]:
+    """What an audit event shows of a rule."""
+    return {
+        "scope": rule.scope, "plan": rule.plan.code if rule.plan_id else None,
+        "tenant": rule.tenant.slug if rule.tenant_id else None,
+        "user": rule.user.username if rule.user_id else None, "task": rule.task.code if rule.task_id else None,
+        "key": rule.key, "value": rule.value, "weekdays": rule.weekdays,
+        "start_time": rule.start_time.isoformat() if rule.start_time else None,
+        "end_time": rule.end_time.isoformat() if rule.end_time else None, "timezone": rule.timezone,
+        "when_quota_key": rule.when_quota_key, "when_usage_percent_gte": rule.when_usage_percent_gte,
+        "is_active": rule.is_active, "note": rule.note,
+    }

@@ -21,7 +21,7 @@ from django.db.models import F
 
 from metering.models import UsageHold, UsageLog, UsageMeter, UsageReservation
 from metering.policy import HoldSpec
-from metering.services import CallOutcome, _log_line, meters_ensure, usage_settle
+from metering.services import CallOutcome, _log_line, meters_ensure, usage_daily_add, usage_settle
 
 logger = logging.getLogger("gateway.metering.spool")
 
@@ -109,5 +109,6 @@ def _replay_one(record: dict) -> int:
         would_refuse_code=record["would_refuse_code"], usage_estimated=outcome.usage_estimated,
         attempts=outcome.attempts, admitted_at=admitted_at, created_at=admitted_at,
     )
+    usage_daily_add(log)
     _log_line(log, decision="replayed")
     return 1

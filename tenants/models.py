@@ -109,3 +109,7 @@ class User(AbstractUser):
     @property
     def is_tenant_admin(self) -> bool:
         return self.tenant_id is not None and self.role == self.Role.ADMIN
+
+
+# The audit log's model is defined with its service in tenants/audit.py; imported here so the app registers it.
+from tenants.audit import AuditEvent  # noqa: E402,F401

@@ -14,6 +14,7 @@ from django.utils.text import slugify
 
 from catalog.models import Plan
 from gateway_project.errors import BadRequest, Conflict, NotFound
+from tenants.audit import audit_record
 from tenants.models import ATIToken, EnforcementMode, Tenant, User
 from tenants.selectors import identity_cache_invalidate
 
@@ -34,7 +35,10 @@ def _validate_password(password: str, user: User | None = None) -> None:
 
 
 @transaction.atomic
-def ati_token_issue(*, plan_code: str, expires_days: int | None = None, note: str = "") -> IssuedATIToken:
+def ati_token_issue(
+    *, plan_code: str, expires_days: int | None = None, note: str = "", actor: User | None = None,
+    source: str | None = None,
+) -> IssuedATIToken:
     if not Plan.objects.filter(code=plan_code).exists():
         known = ", ".join(Plan.objects.values_list("code", flat=True)) or "none (run seed_catalog)"
         raise BadRequest(f"Unknown plan '{plan_code}'. Known plans: {known}.", code="plan_unknown")
@@ -48,16 +52,21 @@ def ati_token_issue(*, plan_code: str, expires_days: int | None = None, note: st
         expires_at=timezone.now() + timedelta(days=expires_days) if expires_days else None,
         note=note,
     )
+    audit_record(action="ati_token.issue", object_type="ati_token", object_id=token.pk, actor=actor, source=source,
+                 after={"plan_tier": plan_code, "expires_at": token.expires_at, "note": note})
     return IssuedATIToken(token=token, secret=secret)
 
 
 @transaction.atomic
-def ati_token_revoke(*, ati_id: str) -> ATIToken:
+def ati_token_revoke(*, ati_id: str, actor: User | None = None, source: str | None = None) -> ATIToken:
     token = ATIToken.objects.select_for_update().filter(pk=ati_id).first()
     if token is None:
         raise NotFound(f"No ATI token with id '{ati_id}'.", code="ati_token_unknown")
+    before = token.status
     token.status = ATIToken.Status.REVOKED
     token.save(update_fields=["status"])
+    audit_record(action="ati_token.revoke", object_type="ati_token", object_id=token.pk, tenant=token.tenant_id,
+                 before={"status": before}, after={"status": token.status}, actor=actor, source=source)
     if token.tenant_id:
         transaction.on_commit(lambda: identity_cache_invalidate(tenant_id=token.tenant_id))
     return token
@@ -173,33 +182,69 @@ def user_deactivate(*, user: User, actor: User) -> User:
 
 
 @transaction.atomic
-def tenant_set_status(*, slug: str, status: str) -> Tenant:
+def tenant_set_status(*, slug: str, status: str, actor: User | None = None, source: str | None = None) -> Tenant:
     tenant = Tenant.objects.select_for_update().filter(slug=slug).first()
     if tenant is None:
         raise NotFound(f"No tenant with slug '{slug}'.", code="tenant_unknown")
+    before = tenant.status
     tenant.status = status
     tenant.save(update_fields=["status"])
+    audit_record(action="tenant.status_change", object_type="tenant", object_id=tenant.pk, tenant=tenant,
+                 before={"status": before}, after={"status": status}, actor=actor, source=source)
     transaction.on_commit(lambda: identity_cache_invalidate(tenant_id=tenant.pk))
     return tenant
 
 
-def tenant_suspend(*, slug: str) -> Tenant:
-    return tenant_set_status(slug=slug, status=Tenant.Status.SUSPENDED)
+def tenant_suspend(*, slug: str, actor: User | None = None, source: str | None = None) -> Tenant:
+    return tenant_set_status(slug=slug, status=Tenant.Status.SUSPENDED, actor=actor, source=source)
 
 
-def tenant_activate(*, slug: str) -> Tenant:
-    return tenant_set_status(slug=slug, status=Tenant.Status.ACTIVE)
+def tenant_activate(*, slug: str, actor: User | None = None, source: str | None = None) -> Tenant:
+    return tenant_set_status(slug=slug, status=Tenant.Status.ACTIVE, actor=actor, source=source)
 
 
 @transaction.atomic
-def tenant_set_enforcement_mode(*, slug: str, mode: str | None) -> Tenant:
+def tenant_set_enforcement_mode(
+    *, slug: str, mode: str | None, actor: User | None = None, source: str | None = None
+) -> Tenant:
     """mode None = inherit the global GATEWAY_ENFORCEMENT_MODE."""
     if mode is not None and mode not in EnforcementMode.values:
         raise BadRequest(f"mode must be one of {', '.join(EnforcementMode.values)} or inherit.", code="invalid_mode")
     tenant = Tenant.objects.select_for_update().filter(slug=slug).first()
     if tenant is None:
         raise NotFound(f"No tenant with slug '{slug}'.", code="tenant_unknown")
+    before = tenant.enforcement_mode
     tenant.enforcement_mode = mode
     tenant.save(update_fields=["enforcement_mode"])
+    audit_record(action="tenant.enforcement_mode_change", object_type="tenant", object_id=tenant.pk, tenant=tenant,
+                 before={"enforcement_mode": before}, after={"enforcement_mode": mode}, actor=actor, source=source)
     transaction.on_commit(lambda: identity_cache_invalidate(tenant_id=tenant.pk))
     return tenant
+
+
+@transaction.atomic
+def ati_token_retier(*, ati_id: str, plan_code: str, actor: User | None = None, source: str | None = None) -> ATIToken:
+    """Move the token's tenant to another plan (the token's plan_tier is the plan). Effective on the
+    tenant's next call: its cached identities are dropped once this commits."""
+    plan = Plan.objects.filter(code=plan_code).first()
+    if plan is None:
+        known = ", ".join(Plan.objects.values_list("code", flat=True)) or "none"
+        raise BadRequest(f"Unknown plan '{plan_code}'. Known plans: {known}.", code="plan_unknown")
+    if not plan.is_active:
+        raise BadRequest(f"The plan '{plan_code}' is not active.", code="plan_inactive")
+    token = ATIToken.objects.select_for_update().filter(pk=ati_id).first()
+    if token is None:
+        raise NotFound(f"No ATI token with id '{ati_id}'.", code="ati_token_unknown")
+    if token.status != ATIToken.Status.ACTIVE:
+        raise BadRequest("This ATI token is revoked; issue a new one instead.", code="ati_token_revoked")
+    if token.plan_tier == plan_code:
+        raise BadRequest(f"The token is already on plan {plan_code}.", code="plan_unchanged")
+    before = token.plan_tier
+    token.plan_tier = plan_code
+    token.save(update_fields=["plan_tier"])
+    audit_record(action="tenant.plan_change", object_type="ati_token", object_id=token.pk, tenant=token.tenant_id,
+                 before={"plan_tier": before}, after={"plan_tier": plan_code}, actor=actor, source=source)
+    if token.tenant_id:
+        tenant_id = token.tenant_id
+        transaction.on_commit(lambda: identity_cache_invalidate(tenant_id=tenant_id))
+    return token
