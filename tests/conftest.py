@@ -57,15 +57,19 @@ def _celery_eager():
 @pytest.fixture(autouse=True)
 def _clear_cache(_private_file_cache):
     from catalog.selectors import catalog_cache
+    from llm.providers import registry
     from metering.policy import policy_cache
 
-    for memo in (catalog_cache, policy_cache):
-        memo.clear_local()
+    def forget_local() -> None:
+        for memo in (catalog_cache, policy_cache):
+            memo.clear_local()
+        registry.clear_local()
+
+    forget_local()
     cache.clear()
     yield
     cache.clear()
-    for memo in (catalog_cache, policy_cache):
-        memo.clear_local()
+    forget_local()
 
 
 @pytest.fixture
