@@ -256,6 +256,18 @@ OPENAI_COMPATIBLE_BASE_URL = env.str("OPENAI_COMPATIBLE_BASE_URL", default="")  
 OPENAI_COMPATIBLE_API_KEY = env.str("OPENAI_COMPATIBLE_API_KEY", default="")  # optional
 PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=60.0)
 
+# --- Prior-art search services (llm/search/) ---------------------------------------------
+# OpenAlex wants a free API key since 2026-02 (without one the daily allowance is tiny); mailto
+# identifies the caller. PatentsView (PatentSearch API) is skipped, with a note, without its key.
+OPENALEX_BASE_URL = env.str("OPENALEX_BASE_URL", default="https://api.openalex.org")
+OPENALEX_MAILTO = env.str("OPENALEX_MAILTO", default="")
+OPENALEX_API_KEY = env.str("OPENALEX_API_KEY", default="")
+PATENTSVIEW_BASE_URL = env.str("PATENTSVIEW_BASE_URL", default="https://search.patentsview.org")
+PATENTSVIEW_API_KEY = env.str("PATENTSVIEW_API_KEY", default="")
+SEARCH_TIMEOUT_SECONDS = env.float("SEARCH_TIMEOUT_SECONDS", default=15.0)  # per attempt, whole answer
+SEARCH_RETRIES = env.int("SEARCH_RETRIES", default=2)  # extra attempts after a transient failure
+SEARCH_BACKOFF_SECONDS = env.float("SEARCH_BACKOFF_SECONDS", default=0.5)  # doubles per retry
+
 
 def _fernet_keys_check(value: str) -> str:
     # Comma-separated Fernet keys, newest first (older ones only decrypt: key rotation).

@@ -1,0 +1,1 @@
+"""Prior-art search clients: OpenAlex (scholarly works) and PatentsView (the PatentSearch API)."""
