@@ -1,0 +1,169 @@
+"""Anthropic's Messages API through the official `anthropic` SDK: one `AsyncAnthropic` per provider
+instance and event loop (see `PerLoop`), max_retries=0 (the router owns retries).
+
+System messages are hoisted into the top-level `system`; user / assistant messages pass as text.
+The request carries no `temperature`: SDK 2.x speaks API version 2026-10-21, which removed the
+sampling parameters (sending one is a 400), and the SDK no longer accepts them.
+
+Usage: input is `input_tokens` + cache creation + cache reads (all billed input), output is
+`output_tokens`. In a stream, `message_start` reports the input, and each `message_delta` the
+cumulative output (not an increment). An `error` event inside a 200 stream is mapped by its type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anthropic
+
+from llm.providers._common import MALFORMED_ERRORS, PerLoop, StreamMeter, for_status, for_transport, malformed
+from llm.providers.base import (
+    ChatRequest,
+    ChatResult,
+    ProviderConnectionError,
+    ProviderContentFiltered,
+    ProviderError,
+    ProviderTimeout,
+    StreamDelta,
+    Usage,
+)
+from llm.tokenizer import message_text, messages_tokens
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
+                "model_context_window_exceeded": "length", "tool_use": "tool_calls"}
+# An error event inside a 200 stream has no status of its own; its type names the equivalent one.
+ERROR_TYPE_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
+                     "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
+                     "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
+
+
+def _input_tokens(usage: Any) -> int:
+    return (usage.input_tokens or 0) + (usage.cache_creation_input_tokens or 0) + (usage.cache_read_input_tokens or 0)
+
+
+class AnthropicProvider:
+    name = "anthropic"
+
+    def __init__(self, api_key: str | None, base_url: str | None, timeout: float = 60.0) -> None:
+        if not api_key:  # no silent fallback to environment variables or profile files
+            raise ValueError("anthropic needs an API key")
+        self.base_url = base_url or DEFAULT_BASE_URL
+        base = self.base_url
+        self._clients: PerLoop[anthropic.AsyncAnthropic] = PerLoop(
+            lambda: anthropic.AsyncAnthropic(api_key=api_key, base_url=base, timeout=timeout, max_retries=0),
+            close=lambda client: client.close(),
+        )
+
+    def count_tokens(self, messages: list[dict[str, Any]], model: str) -> int:
+        return messages_tokens(messages, model=model)
+
+    async def aclose(self) -> None:
+        """Close the running event loop's client now (it is otherwise closed when its loop shuts down)."""
+        await self._clients.aclose()
+
+    @staticmethod
+    def _params(request: ChatRequest) -> dict[str, Any]:
+        system: list[str] = []
+        messages: list[dict[str, Any]] = []
+        for message in request.messages:
+            role, text = message.get("role"), message_text(message)
+            if role in ("system", "developer"):
+                system.append(text)
+            else:
+                messages.append({"role": "assistant" if role == "assistant" else "user", "content": text})
+        params: dict[str, Any] = {"model": request.model, "max_tokens": request.max_tokens, "messages": messages}
+        if system:
+            params["system"] = "\n\n".join(system)
+        return params
+
+    def _map(self, exc: Exception, *, tokens_in: int = 0, tokens_out: int = 0) -> ProviderError | None:
+        tokens = {"tokens_in": tokens_in, "tokens_out": tokens_out}
+        if isinstance(exc, anthropic.APITimeoutError):
+            return ProviderTimeout(f"{self.name}: timed out", **tokens)
+        if isinstance(exc, anthropic.APIConnectionError):
+            cause = exc.__cause__
+            why = f"{type(cause).__name__}: {cause}" if cause is not None else exc.message
+            return ProviderConnectionError(f"{self.name}: connection failed ({why})"[:300], **tokens)
+        if isinstance(exc, anthropic.APIResponseValidationError):
+            return malformed(self.name, exc, **tokens)
+        if isinstance(exc, anthropic.APIStatusError):
+            status = exc.status_code
+            if status < 400:  # an error event in a 200 stream
+                status = ERROR_TYPE_STATUS.get(exc.type or "", 500)
+            detail = " ".join(str(part) for part in (exc.type, exc.api_message or exc.message) if part)
+            return for_status(self.name, status, detail, **tokens)
+        mapped = for_transport(self.name, exc, **tokens)  # raw httpx2 errors escape from streams
+        if mapped is not None:
+            return mapped
+        if isinstance(exc, MALFORMED_ERRORS):
+            return malformed(self.name, exc, **tokens)
+        return None
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        client = await self._clients.get()
+        try:
+            message = await client.messages.create(**self._params(request))
+        except Exception as exc:
+            mapped = self._map(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        try:
+            text = "".join(block.text for block in message.content if block.type == "text")
+            usage = Usage(_input_tokens(message.usage), message.usage.output_tokens)
+            stop = message.stop_reason
+            response_id = message.id or ""
+        except MALFORMED_ERRORS as exc:  # JSON without the fields (the SDK does not validate)
+            raise malformed(self.name, f"incomplete message: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(usage.tokens_out, int):
+            raise malformed(self.name, "usage.output_tokens missing")
+        if stop == "refusal":
+            raise ProviderContentFiltered(f"{self.name}: the model refused (stop_reason refusal)",
+                                          tokens_in=usage.tokens_in, tokens_out=usage.tokens_out)
+        return ChatResult(text=text, finish_reason=STOP_REASONS.get(stop or "", "stop"), usage=usage,
+                          provider_response_id=response_id)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
+        client = await self._clients.get()
+        try:
+            stream = await client.messages.create(**self._params(request), stream=True)
+        except Exception as exc:
+            mapped = self._map(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        meter = StreamMeter(self, request)
+        meter.started = True
+        stop: str | None = None
+        tokens_in: int | None = None
+        tokens_out: int | None = None
+        try:
+            async for event in stream:
+                if event.type == "message_start":
+                    tokens_in = meter.reported_in = _input_tokens(event.message.usage)
+                elif event.type == "content_block_delta":
+                    if event.delta.type == "text_delta" and event.delta.text:
+                        meter.add(event.delta.text)
+                        yield StreamDelta(text=event.delta.text)
+                elif event.type == "message_delta":
+                    stop = event.delta.stop_reason or stop
+                    tokens_out = meter.reported_out = event.usage.output_tokens  # cumulative
+                    if event.usage.input_tokens is not None:  # cumulative too, when present
+                        tokens_in = meter.reported_in = _input_tokens(event.usage)
+        except Exception as exc:
+            mapped = self._map(exc, **meter.consumed())
+            if mapped is None:
+                raise
+            raise mapped from exc
+        finally:
+            await stream.close()
+        if stop is None:  # the body ended cleanly without message_delta: a cut
+            raise ProviderConnectionError(f"{self.name}: the stream ended before the answer finished",
+                                          **meter.consumed())
+        usage = Usage(tokens_in, tokens_out) if tokens_in is not None and tokens_out is not None else None
+        if stop == "refusal":
+            spent = {"tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out} if usage else meter.consumed()
+            raise ProviderContentFiltered(f"{self.name}: the model refused (stop_reason refusal)", **spent)
+        yield StreamDelta(finish_reason=STOP_REASONS.get(stop, "stop"), usage=usage)

@@ -1,0 +1,199 @@
+"""Google Gemini through the `google-genai` SDK (`client.aio`), Gemini API (not Vertex AI).
+
+OpenAI-style messages become Gemini contents: system messages -> `system_instruction`, user ->
+role "user", assistant -> role "model". Usage comes from `usage_metadata`: input is
+`prompt_token_count` (+ tool-use prompt tokens), output is `candidates_token_count` +
+`thoughts_token_count` (thinking is billed as output). In a stream every chunk carries the running
+totals, so the last one seen is the usage (never a sum).
+
+The SDK's automatic continuation (3.x re-requests a stream that ended early when it has a
+continuation token) and automatic function calling are switched off: one call here is one billed
+upstream request, and the router decides about retries. One `genai.Client` per provider instance
+and event loop (see `PerLoop`), so each loop's connection pool is closed when that loop shuts down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from llm.providers._common import MALFORMED_ERRORS, PerLoop, StreamMeter, for_status, for_transport, malformed
+from llm.providers.base import (
+    ChatRequest,
+    ChatResult,
+    ProviderBadRequest,
+    ProviderConnectionError,
+    ProviderContentFiltered,
+    ProviderError,
+    StreamDelta,
+    Usage,
+)
+from llm.tokenizer import message_text, messages_tokens, text_tokens
+
+# Finish reasons meaning the answer was withheld or cut by a safety / policy filter.
+FILTER_REASONS = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
+                            "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "MODEL_ARMOR"})
+FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length"}  # anything else that is not a filter: "stop"
+
+
+def _name(value: Any) -> str | None:
+    """An enum member's value, or the raw string the SDK keeps for values it does not know."""
+    if value is None:
+        return None
+    return str(getattr(value, "value", value))
+
+
+def _text(candidate: Any) -> str:
+    content = candidate.content
+    if content is None or not content.parts:
+        return ""
+    return "".join(part.text for part in content.parts if part.text and not part.thought)
+
+
+def _usage(meta: Any) -> Usage | None:
+    if meta is None or meta.prompt_token_count is None:
+        return None
+    return Usage(meta.prompt_token_count + (meta.tool_use_prompt_token_count or 0),
+                 (meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0))
+
+
+def _blocked(response: Any) -> str | None:
+    feedback = response.prompt_feedback
+    return _name(feedback.block_reason) if feedback is not None and feedback.block_reason else None
+
+
+class GeminiProvider:
+    name = "gemini"
+
+    def __init__(self, api_key: str | None, base_url: str | None, timeout: float = 60.0) -> None:
+        if not api_key:
+            raise ValueError("gemini needs an API key")
+        self.base_url = base_url
+        http_options = types.HttpOptions(base_url=base_url or None, timeout=int(timeout * 1000))
+        self._clients: PerLoop[genai.Client] = PerLoop(
+            lambda: genai.Client(api_key=api_key, vertexai=False, http_options=http_options),
+            close=lambda client: client.aio.aclose(),
+        )
+
+    def count_tokens(self, messages: list[dict[str, Any]], model: str) -> int:
+        return messages_tokens(messages, model=model)
+
+    async def aclose(self) -> None:
+        """Close the running event loop's client now (it is otherwise closed when its loop shuts down)."""
+        await self._clients.aclose()
+
+    @staticmethod
+    def _convert(request: ChatRequest) -> tuple[list[types.Content], types.GenerateContentConfig]:
+        system: list[str] = []
+        contents: list[types.Content] = []
+        for message in request.messages:
+            role, text = message.get("role"), message_text(message)
+            if role in ("system", "developer"):
+                system.append(text)
+            else:
+                contents.append(types.Content(role="model" if role == "assistant" else "user",
+                                              parts=[types.Part(text=text)]))
+        if not contents:
+            raise ProviderBadRequest("gemini: at least one user or assistant message is required")
+        config = types.GenerateContentConfig(
+            system_instruction="\n\n".join(system) if system else None,
+            max_output_tokens=request.max_tokens,
+            temperature=request.temperature,
+            automatic_continuation=False,
+            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+        )
+        return contents, config
+
+    def _map(self, exc: Exception, *, tokens_in: int = 0, tokens_out: int = 0) -> ProviderError | None:
+        tokens = {"tokens_in": tokens_in, "tokens_out": tokens_out}
+        if isinstance(exc, genai_errors.APIError):
+            status = exc.code if isinstance(exc.code, int) and exc.code >= 400 else 500
+            detail = " ".join(str(part) for part in (exc.status, exc.message) if part)
+            return for_status(self.name, status, detail, **tokens)
+        mapped = for_transport(self.name, exc, **tokens)
+        if mapped is not None:
+            return mapped
+        if isinstance(exc, MALFORMED_ERRORS):  # JSONDecodeError, UnknownApiResponseError, pydantic errors
+            return malformed(self.name, exc, **tokens)
+        return None
+
+    def _filtered(self, why: str, usage: Usage | None, spent: dict[str, int]) -> ProviderContentFiltered:
+        if usage is not None:
+            spent = {"tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out}
+        return ProviderContentFiltered(f"{self.name}: {why}", **spent)
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        contents, config = self._convert(request)
+        client = await self._clients.get()
+        try:
+            response = await client.aio.models.generate_content(model=request.model, contents=contents,
+                                                                      config=config)
+        except Exception as exc:
+            mapped = self._map(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        usage = _usage(response.usage_metadata)
+        if blocked := _blocked(response):
+            raise self._filtered(f"the prompt was blocked ({blocked})", usage, {"tokens_in": 0, "tokens_out": 0})
+        if not response.candidates:
+            raise malformed(self.name, "no candidates and no prompt feedback")
+        candidate = response.candidates[0]
+        text = _text(candidate)
+        reason = _name(candidate.finish_reason) or "STOP"
+        if usage is None:
+            usage = Usage(self.count_tokens(request.messages, request.model), text_tokens(text, request.model),
+                          estimated=True)
+        if reason in FILTER_REASONS:
+            raise self._filtered(f"the answer was stopped by the content filter ({reason})", usage, {})
+        return ChatResult(text=text, finish_reason=FINISH_REASONS.get(reason, "stop"), usage=usage,
+                          provider_response_id=response.response_id or "")
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
+        contents, config = self._convert(request)
+        meter = StreamMeter(self, request)
+        client = await self._clients.get()
+        try:
+            # The request goes out on the first iteration, so a refusal (429, 500...) surfaces below.
+            stream = await client.aio.models.generate_content_stream(model=request.model, contents=contents,
+                                                                           config=config)
+        except Exception as exc:
+            mapped = self._map(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        reason: str | None = None
+        usage: Usage | None = None
+        blocked: str | None = None
+        try:
+            async for chunk in stream:
+                meter.started = True
+                if (reported := _usage(chunk.usage_metadata)) is not None:
+                    usage = reported
+                    meter.reported_in, meter.reported_out = reported.tokens_in, reported.tokens_out
+                blocked = _blocked(chunk) or blocked
+                if chunk.candidates:
+                    candidate = chunk.candidates[0]
+                    if piece := _text(candidate):
+                        meter.add(piece)
+                        yield StreamDelta(text=piece)
+                    reason = _name(candidate.finish_reason) or reason
+        except Exception as exc:
+            mapped = self._map(exc, **meter.consumed())
+            if mapped is None:
+                raise
+            raise mapped from exc
+        finally:
+            await stream.aclose()
+        if blocked:
+            raise self._filtered(f"the prompt was blocked ({blocked})", usage, meter.consumed())
+        if reason is None:  # the body ended cleanly but the model never finished: a cut
+            raise ProviderConnectionError(f"{self.name}: the stream ended before the answer finished",
+                                          **meter.consumed())
+        if reason in FILTER_REASONS:
+            raise self._filtered(f"the answer was stopped by the content filter ({reason})", usage, meter.consumed())
+        yield StreamDelta(finish_reason=FINISH_REASONS.get(reason, "stop"), usage=usage)

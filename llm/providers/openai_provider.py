@@ -1,0 +1,182 @@
+"""Chat completions through the official `openai` SDK: OpenAI, xAI Grok (the same API at xAI's base
+URL) and any OpenAI-compatible server (vLLM, Ollama, llama.cpp, LM Studio).
+
+One `AsyncOpenAI` client per provider instance and event loop (see `PerLoop`), `max_retries=0`:
+the gateway's router owns retries and fallback. Streams ask for usage (`stream_options.include_usage`);
+a server that ignores the option yields a final delta with `usage=None` and the gateway counts the
+tokens itself.
+
+Output tokens are `max(completion_tokens, total_tokens - prompt_tokens)`: OpenAI counts reasoning
+tokens inside `completion_tokens`, xAI reports them beside it (its `total_tokens` includes them),
+and both are billed as output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+
+from llm.providers._common import MALFORMED_ERRORS, PerLoop, StreamMeter, for_status, malformed
+from llm.providers.base import (
+    ChatRequest,
+    ChatResult,
+    ProviderBadRequest,
+    ProviderConnectionError,
+    ProviderContentFiltered,
+    ProviderError,
+    ProviderOverloaded,
+    ProviderRateLimited,
+    ProviderTimeout,
+    StreamDelta,
+    Usage,
+)
+from llm.tokenizer import messages_tokens, text_tokens
+
+NAMES = ("openai", "grok", "openai_compatible")
+DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1", "grok": "https://api.x.ai/v1"}
+KEYLESS_PLACEHOLDER = "not-needed"  # local servers ignore the key; the SDK insists on one
+# Error codes OpenAI (content_policy_violation, invalid_prompt) and Azure OpenAI (content_filter)
+# use when the input itself was refused by a content policy.
+CONTENT_FILTER_CODES = frozenset({"content_filter", "content_policy_violation", "invalid_prompt"})
+
+
+def _detail(exc: openai.APIError) -> str:
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"]
+    return exc.message
+
+
+class OpenAIProvider:
+    def __init__(self, name: str, api_key: str | None, base_url: str | None, timeout: float = 60.0) -> None:
+        if name not in NAMES:
+            raise ValueError(f"OpenAIProvider serves {', '.join(NAMES)}, not {name!r}")
+        base_url = base_url or DEFAULT_BASE_URLS.get(name)
+        if not base_url:
+            raise ValueError(f"{name} needs a base URL (the server's OpenAI-compatible /v1 endpoint)")
+        if not api_key and name != "openai_compatible":
+            # Never let the SDK fall back to OPENAI_API_KEY: it would send OpenAI's key to another vendor.
+            raise ValueError(f"{name} needs an API key")
+        self.name = name
+        self.base_url = base_url
+        self._max_tokens_param = "max_completion_tokens" if name == "openai" else "max_tokens"
+        self._clients: PerLoop[openai.AsyncOpenAI] = PerLoop(
+            lambda: openai.AsyncOpenAI(api_key=api_key or KEYLESS_PLACEHOLDER, base_url=base_url, timeout=timeout,
+                                       max_retries=0),
+            close=lambda client: client.close(),
+        )
+
+    def count_tokens(self, messages: list[dict[str, Any]], model: str) -> int:
+        return messages_tokens(messages, model=model)
+
+    async def aclose(self) -> None:
+        """Close the running event loop's client now (it is otherwise closed when its loop shuts down)."""
+        await self._clients.aclose()
+
+    def _params(self, request: ChatRequest) -> dict[str, Any]:
+        params: dict[str, Any] = {"model": request.model, "messages": request.messages,
+                                  self._max_tokens_param: request.max_tokens}
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        return params
+
+    @staticmethod
+    def _usage(usage: Any) -> Usage | None:
+        prompt, completion = getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+        if not isinstance(prompt, int) or not isinstance(completion, int):
+            return None
+        total = getattr(usage, "total_tokens", None)
+        return Usage(prompt, max(completion, total - prompt) if isinstance(total, int) else completion)
+
+    def _error(self, exc: openai.OpenAIError, *, tokens_in: int = 0, tokens_out: int = 0) -> ProviderError:
+        tokens = {"tokens_in": tokens_in, "tokens_out": tokens_out}
+        if isinstance(exc, openai.APITimeoutError):
+            return ProviderTimeout(f"{self.name}: timed out", **tokens)
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__
+            why = f"{type(cause).__name__}: {cause}" if cause is not None else exc.message
+            return ProviderConnectionError(f"{self.name}: connection failed ({why})"[:300], **tokens)
+        if isinstance(exc, openai.APIResponseValidationError):
+            return malformed(self.name, exc, **tokens)
+        if isinstance(exc, openai.APIStatusError):
+            detail = _detail(exc)
+            if exc.status_code == 400 and (exc.code in CONTENT_FILTER_CODES or "content management policy" in detail):
+                return ProviderContentFiltered(f"{self.name}: refused by the content policy: {detail}"[:300], **tokens)
+            return for_status(self.name, exc.status_code, detail, **tokens)
+        if isinstance(exc, openai.APIError):  # an error object inside a 200 stream
+            kind = f"{exc.code or ''} {exc.type or ''}"
+            message = f"{self.name}: error in the stream: {_detail(exc)}"[:300]
+            if exc.code in CONTENT_FILTER_CODES:
+                return ProviderContentFiltered(message, **tokens)
+            if "rate_limit" in kind:
+                return ProviderRateLimited(message, **tokens)
+            if "invalid_request" in kind:
+                return ProviderBadRequest(message, **tokens)
+            return ProviderOverloaded(message, **tokens)
+        return ProviderOverloaded(f"{self.name}: {type(exc).__name__}: {exc}"[:300], **tokens)
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        client = await self._clients.get()
+        try:
+            completion = await client.chat.completions.create(**self._params(request))
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+        except MALFORMED_ERRORS as exc:  # a 200 whose body is not JSON
+            raise malformed(self.name, exc) from exc
+        try:
+            choice = completion.choices[0]
+            text = choice.message.content or ""
+            finish = choice.finish_reason or "stop"
+            response_id = completion.id or ""
+        except MALFORMED_ERRORS as exc:  # JSON without the fields (the SDK does not validate)
+            raise malformed(self.name, f"no choices[0].message: {exc}") from exc
+        usage = self._usage(completion.usage)
+        if usage is None:  # some local servers omit it: counted here, flagged as estimated
+            usage = Usage(self.count_tokens(request.messages, request.model), text_tokens(text, request.model),
+                          estimated=True)
+        if finish == "content_filter":
+            raise ProviderContentFiltered(f"{self.name}: the answer was stopped by the content filter",
+                                          tokens_in=usage.tokens_in, tokens_out=usage.tokens_out)
+        return ChatResult(text=text, finish_reason=finish, usage=usage, provider_response_id=response_id)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
+        params = {**self._params(request), "stream": True, "stream_options": {"include_usage": True}}
+        client = await self._clients.get()
+        try:
+            stream = await client.chat.completions.create(**params)
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+        except MALFORMED_ERRORS as exc:
+            raise malformed(self.name, exc) from exc
+        meter = StreamMeter(self, request)
+        meter.started = True
+        finish: str | None = None
+        usage: Usage | None = None
+        try:
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    usage = self._usage(chunk.usage) or usage
+                for choice in chunk.choices or ():
+                    if choice.index != 0:
+                        continue
+                    piece = choice.delta.content if choice.delta is not None else None
+                    if piece:
+                        meter.add(piece)
+                        yield StreamDelta(text=piece)
+                    if choice.finish_reason:
+                        finish = choice.finish_reason
+        except openai.OpenAIError as exc:
+            raise self._error(exc, **meter.consumed()) from exc
+        except MALFORMED_ERRORS as exc:
+            raise malformed(self.name, exc, **meter.consumed()) from exc
+        finally:
+            await stream.close()
+        if finish is None:  # the body ended cleanly but the model never finished: a cut
+            raise ProviderConnectionError(f"{self.name}: the stream ended before the answer finished",
+                                          **meter.consumed())
+        if finish == "content_filter":
+            spent = {"tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out} if usage else meter.consumed()
+            raise ProviderContentFiltered(f"{self.name}: the answer was stopped by the content filter", **spent)
+        yield StreamDelta(finish_reason=finish, usage=usage)

@@ -1,0 +1,133 @@
+"""Fake of Anthropic's Messages API.
+
+`POST /v1/messages`; the key as `x-api-key` or `Authorization: Bearer` (SDK 2.x sends the latter);
+an `anthropic-version` header is required. Request: `model`, `max_tokens` (required), `messages`
+(roles "user" / "assistant"), optional top-level `system` (string or text blocks). With
+`anthropic-version: 2026-10-21` (the SDK 2.x default) the sampling parameters `temperature`,
+`top_p` and `top_k` are rejected with a 400, as the real API does.
+
+Non-streaming: a `message` object with `content` text blocks, `stop_reason` and `usage`
+(`input_tokens`, `output_tokens`). Streaming: `message_start` (usage with the input tokens and
+`output_tokens: 1`), `content_block_start`, `ping`, one `content_block_delta` per word,
+`content_block_stop`, `message_delta` (stop reason and the cumulative `output_tokens`), `message_stop`.
+Error bodies: `{"type": "error", "error": {"type": ..., "message": ...}}`; 529 is `overloaded_error`.
+
+Input tokens: whitespace words of the system prompt and of every message + 3 per message.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+from tests.fakes.base import Event, FakeProvider, Fault, answer, pieces, response_id, words_of
+
+API_VERSION = "2026-10-21"
+_ERRORS = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
+           404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+           503: "api_error", 504: "timeout_error", 529: "overloaded_error"}
+
+
+def _text(content: Any) -> str | None:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(b, dict) and b.get("type") == "text" for b in content):
+        return " ".join(str(b.get("text", "")) for b in content)
+    return None
+
+
+class FakeAnthropic(FakeProvider):
+    name = "anthropic"
+
+    def authorized(self, h) -> bool:
+        if self.api_key is None:
+            return True
+        return self.api_key == h.headers.get("x-api-key") or h.headers.get("Authorization") == f"Bearer {self.api_key}"
+
+    def error_body(self, status: int, code: str | None, message: str) -> dict[str, Any]:
+        kind = code or _ERRORS.get(status, "api_error")
+        return {"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_fake"}
+
+    @staticmethod
+    def _sse(event: str, data: dict[str, Any]) -> bytes:
+        return b"event: " + event.encode() + b"\ndata: " + json.dumps(data).encode() + b"\n\n"
+
+    def error_event(self, status: int, code: str | None) -> bytes:
+        return self._sse("error", self.error_body(status, code, "Overloaded" if status == 529 else "Internal error"))
+
+    def malformed_event(self) -> bytes:
+        return b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": {"ty\n\n'
+
+    def missing_fields_body(self) -> dict[str, Any]:
+        return {"id": "msg_missing", "type": "message"}
+
+    def truncated_body(self) -> bytes:
+        return b'{"id": "msg_truncated", "type": "message", "content": [{"type": "text", "text": "trun'
+
+    def handle(self, h, body: dict[str, Any], fault: Fault | None) -> None:
+        if urlsplit(h.path).path != "/v1/messages":
+            return self.send_error_status(h, 404, message=f"Not found: {h.path}")
+        version = h.headers.get("anthropic-version")
+        if not version:
+            return self.send_error_status(h, 400, message="anthropic-version: header is required")
+        if version >= API_VERSION:
+            for name in ("temperature", "top_p", "top_k"):
+                if name in body:
+                    return self.send_error_status(h, 400, message=f"{name}: Extra inputs are not permitted")
+        model, messages, max_tokens = body.get("model"), body.get("messages"), body.get("max_tokens")
+        if not isinstance(model, str) or not isinstance(max_tokens, int) or max_tokens < 1:
+            return self.send_error_status(h, 400, message="model and max_tokens >= 1 are required")
+        if not isinstance(messages, list) or not messages:
+            return self.send_error_status(h, 400, message="messages: at least one message is required")
+        texts: list[str] = []
+        for message in messages:
+            text = _text(message.get("content")) if isinstance(message, dict) else None
+            if text is None or message.get("role") not in ("user", "assistant"):
+                return self.send_error_status(
+                    h, 400, message="messages: roles must be 'user' or 'assistant' with text content")
+            texts.append(text)
+        system = body.get("system", "")
+        system_text = _text(system)
+        if system_text is None:
+            return self.send_error_status(h, 400, message="system: must be a string or text blocks")
+        prompt = "\n".join([system_text, *texts])
+        words, truncated = answer(model, prompt, max_tokens)
+        stop = "max_tokens" if truncated else "end_turn"
+        if fault is not None and fault.kind == "filter":
+            words, stop, fault = words[: len(words) // 2], "refusal", None
+        n_in = words_of(system_text) + sum(words_of(t) + 3 for t in texts)
+        mid = response_id("msg_", model, prompt)
+        message = {"id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
+                   "stop_reason": None, "stop_sequence": None,
+                   "usage": {"input_tokens": n_in, "output_tokens": 1, "cache_creation_input_tokens": 0,
+                             "cache_read_input_tokens": 0, "service_tier": "standard"}}
+
+        if body.get("stream"):
+            events = [
+                Event(self._sse("message_start", {"type": "message_start", "message": message}), 0),
+                Event(self._sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                                        "content_block": {"type": "text", "text": ""}}), 0),
+                Event(self._sse("ping", {"type": "ping"}), 0),
+            ]
+            events += [
+                Event(self._sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                        "delta": {"type": "text_delta", "text": piece}}),
+                      i + 1, content=True)
+                for i, piece in enumerate(pieces(words))
+            ]
+            n = len(words)
+            events += [
+                Event(self._sse("content_block_stop", {"type": "content_block_stop", "index": 0}), n),
+                Event(self._sse("message_delta", {"type": "message_delta",
+                                                  "delta": {"stop_reason": stop, "stop_sequence": None},
+                                                  "usage": {"output_tokens": n}}), n),
+                Event(self._sse("message_stop", {"type": "message_stop"}), n),
+            ]
+            return self.send_stream(h, model, n_in, events, fault)
+        if fault is not None and fault.kind == "malformed":
+            return self.send_malformed(h, fault)
+        self.bill(model, n_in, len(words))
+        message.update(content=[{"type": "text", "text": " ".join(words)}], stop_reason=stop,
+                       usage={**message["usage"], "output_tokens": len(words)})
+        self.send_json(h, 200, message)

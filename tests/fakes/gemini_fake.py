@@ -1,0 +1,131 @@
+"""Fake of the Gemini API (Google AI, `generativelanguage.googleapis.com`).
+
+`POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent?alt=sse` (and the same under
+`/v1/`, which google-genai 3.x uses by default), key in the
+`x-goog-api-key` header (or `?key=`). Request: `contents` (roles "user" / "model" only, each with
+text `parts`), optional `systemInstruction`, `generationConfig.maxOutputTokens`. Response: a
+`GenerateContentResponse` with `candidates[0].content.parts`, `finishReason` and `usageMetadata`
+(`promptTokenCount`, `candidatesTokenCount`, `totalTokenCount`, and `thoughtsTokenCount` when the
+fake is made to "think", counted from the first chunk). The stream sends one `data: {...}` event
+per word; like the real API every event carries `usageMetadata` with the running totals (not
+increments), and the last event carries the final text piece, the `finishReason` and the final usage.
+
+Input tokens: whitespace words of every text part (contents and system instruction) + 1 per content.
+Output tokens billed: candidates + thoughts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.base import Event, FakeProvider, Fault, answer, pieces, response_id, words_of
+
+_ROUTE = re.compile(r"^/(?:v1|v1beta)/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$")
+_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+           429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+def _texts(content: Any) -> list[str] | None:
+    """The text parts of a Content, or None when it is not a valid text Content."""
+    if not isinstance(content, dict) or not isinstance(content.get("parts"), list):
+        return None
+    texts = [part.get("text") for part in content["parts"] if isinstance(part, dict)]
+    return texts if texts and all(isinstance(t, str) for t in texts) else None
+
+
+class FakeGemini(FakeProvider):
+    name = "gemini"
+
+    def __init__(self, api_key: str | None = "test-key", *, thoughts_tokens: int = 0) -> None:
+        self.thoughts_tokens = thoughts_tokens  # billed as output, reported as thoughtsTokenCount
+        super().__init__(api_key)
+
+    def authorized(self, h) -> bool:
+        if self.api_key is None:
+            return True
+        query_key = parse_qs(urlsplit(h.path).query).get("key", [None])[0]
+        return self.api_key in (h.headers.get("x-goog-api-key"), query_key)
+
+    def error_body(self, status: int, code: str | None, message: str) -> dict[str, Any]:
+        return {"error": {"code": status, "message": message, "status": code or _STATUS.get(status, "UNKNOWN")}}
+
+    def error_event(self, status: int, code: str | None) -> bytes:
+        return b"data: " + json.dumps(self.error_body(status, code, "The model is overloaded.")).encode() + b"\r\n\r\n"
+
+    def malformed_event(self) -> bytes:
+        return b'data: {"candidates": [{"content": {"parts": [{"text": " brok\r\n\r\n'
+
+    def missing_fields_body(self) -> dict[str, Any]:
+        return {"modelVersion": "fake", "responseId": "missing"}
+
+    def truncated_body(self) -> bytes:
+        return b'{"candidates": [{"content": {"parts": [{"text": "trunc'
+
+    def handle(self, h, body: dict[str, Any], fault: Fault | None) -> None:
+        url = urlsplit(h.path)
+        route = _ROUTE.match(url.path)
+        if route is None:
+            return self.send_error_status(h, 404, message=f"Unknown path {url.path}")
+        model, stream = route["model"], route["method"] == "streamGenerateContent"
+        if stream and parse_qs(url.query).get("alt") != ["sse"]:
+            return self.send_error_status(h, 400, message="this fake only streams with alt=sse")
+        contents = body.get("contents")
+        if not isinstance(contents, list) or not contents:
+            return self.send_error_status(h, 400, message="* contents: must not be empty")
+        texts: list[str] = []
+        for content in contents:
+            parts = _texts(content)
+            if parts is None or content.get("role") not in ("user", "model"):
+                return self.send_error_status(
+                    h, 400, message="Please use a valid role: user, model, with text parts.")
+            texts += parts
+        system = body.get("systemInstruction")
+        if system is not None:
+            system_texts = _texts(system)
+            if system_texts is None:
+                return self.send_error_status(h, 400, message="Invalid systemInstruction")
+            texts = system_texts + texts
+        config = body.get("generationConfig") or {}
+        prompt = "\n".join(texts)
+        words, truncated = answer(model, prompt, config.get("maxOutputTokens"))
+        finish = "MAX_TOKENS" if truncated else "STOP"
+        if fault is not None and fault.kind == "filter":
+            words, finish, fault = words[: len(words) // 2], "SAFETY", None
+        n_in = sum(words_of(t) for t in texts) + len(contents)
+        thoughts = self.thoughts_tokens
+        rid = response_id("", model, prompt)
+
+        def usage(candidates: int) -> dict[str, Any]:
+            data = {"promptTokenCount": n_in, "candidatesTokenCount": candidates,
+                    "totalTokenCount": n_in + candidates + thoughts,
+                    "promptTokensDetails": [{"modality": "TEXT", "tokenCount": n_in}]}
+            if thoughts:
+                data["thoughtsTokenCount"] = thoughts
+            return data
+
+        def response(text: str, candidates: int, finish_reason: str | None) -> dict[str, Any]:
+            candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+            if finish_reason:
+                candidate["finishReason"] = finish_reason
+                if finish_reason == "SAFETY":
+                    candidate["safetyRatings"] = [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT",
+                                                   "probability": "HIGH", "blocked": True}]
+            return {"candidates": [candidate], "usageMetadata": usage(candidates),
+                    "modelVersion": model, "responseId": rid}
+
+        if stream:
+            events = []
+            chunks = pieces(words) or [""]
+            for i, piece in enumerate(chunks):
+                last = i == len(chunks) - 1
+                done = min(i + 1, len(words))
+                data = json.dumps(response(piece, done, finish if last else None)).encode()
+                events.append(Event(b"data: " + data + b"\r\n\r\n", done + thoughts, content=bool(words)))
+            return self.send_stream(h, model, n_in, events, fault)
+        if fault is not None and fault.kind == "malformed":
+            return self.send_malformed(h, fault)
+        self.bill(model, n_in, len(words) + thoughts)
+        self.send_json(h, 200, response(" ".join(words), len(words), finish))
