@@ -12,7 +12,7 @@ from llm.adapters.prior_art import parse_queries, parse_ranking
 from llm.providers import offline_templates
 from llm.search.common import Hit, dedupe, normalize_title
 from llm.search.openalex import abstract_from_inverted_index
-from metering.models import UsageLog
+from metering.models import Metric, UsageLog, UsageMeter
 from metering.services import meters_reconcile, policy_rule_set
 from tests.fakes.openalex_fake import OpenAlexFake
 from tests.fakes.patentsview_fake import PatentsViewFake
@@ -138,8 +138,15 @@ def test_retrieval_top_k_bounds_candidates_and_items(tenant_admin, fakes):
     assert len(r.json()["result"]["items"]) == 2
 
 
+def assert_api_call_meter_charged_only(log):
+    """The tenant's api_calls quota meter holds the worst case while running, then keeps only what was sent."""
+    meter = UsageMeter.objects.get(tenant=log.tenant_id, metric=Metric.API_CALLS, user=None)
+    assert (meter.used, meter.reserved) == (log.api_calls, 0)
+
+
 def test_a_failing_service_gives_a_partial_result_and_charges_only_sent_calls(tenant_admin, fakes):
     openalex, patents = fakes
+    policy_rule_set(scope="TENANT", tenant=tenant_admin.tenant, key="tenant_api_calls_per_month", value=1000)
     openalex.fail_next(500, times=50)
     r = post(tenant_admin, {"description": DESCRIPTION})
     assert r.status_code == 200, r.content
@@ -152,6 +159,17 @@ def test_a_failing_service_gives_a_partial_result_and_charges_only_sent_calls(te
     items = body["result"]["items"]
     assert items and {i["source"] for i in items} == {"patentsview"}
     assert any(n.startswith("openalex failed") and "HTTP 500" in n and "not sent" in n for n in body["notes"])
+    assert_api_call_meter_charged_only(assert_ledger_matches(body, fakes))
+
+
+def test_a_transient_error_is_retried_and_each_attempt_counted(tenant_admin, fakes):
+    openalex, patents = fakes
+    patents.fail_next(429)
+    body = post(tenant_admin, {"description": DESCRIPTION}).json()
+    pv = [s for s in body["result"]["searches"] if s["service"] == "patentsview"]
+    assert [s["status"] for s in pv] == ["ok"] * len(pv) and pv[0]["attempts"] == 2
+    assert patents.request_count == len(pv) + 1
+    assert body["notes"] == []
     assert_ledger_matches(body, fakes)
 
 
@@ -181,6 +199,7 @@ def test_a_slow_service_times_out_into_a_partial_result(tenant_admin, fakes):
 
 def test_a_service_that_is_down_is_not_charged(tenant_admin, fakes):
     openalex, patents = fakes
+    policy_rule_set(scope="TENANT", tenant=tenant_admin.tenant, key="tenant_api_calls_per_month", value=1000)
     openalex.go_down()
     r = post(tenant_admin, {"description": DESCRIPTION})
     assert r.status_code == 200, r.content
@@ -190,7 +209,7 @@ def test_a_service_that_is_down_is_not_charged(tenant_admin, fakes):
     assert oa[0]["status"] == "failed" and oa[0]["attempts"] == 0 and "unreachable" in oa[0]["detail"]
     assert body["usage"]["external_calls"] == patents.request_count > 0  # refused connections are not calls
     assert {i["source"] for i in body["result"]["items"]} == {"patentsview"}
-    assert_ledger_matches(body, fakes)
+    assert_api_call_meter_charged_only(assert_ledger_matches(body, fakes))
 
 
 def test_patentsview_is_skipped_without_a_key(tenant_admin, fakes, settings):
