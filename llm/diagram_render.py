@@ -53,6 +53,11 @@ _STATE_LINE = re.compile(
     r"class\s+.*)$"
 )
 _PAIRS = {")": "(", "]": "[", "}": "{"}
+# PlantUML preprocessor features that read local files, the environment or the network: a
+# generated diagram must not pull server data into its SVG.
+_PLANTUML_UNSAFE = re.compile(r"^\s*!(?:include\w*|import)\b|%(?:getenv|get_variable_value|load_json|file_exists|"
+                              r"dirpath|filename|filenameNoExtension)\b",
+                              re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass
@@ -167,6 +172,9 @@ def plantuml_check(source: str, kind: str) -> list[str]:
         errors.append(f"line {lines[0][0]}: the diagram must start with @startuml")
     if lines[-1][1] != "@enduml":
         errors.append("the diagram must end with @enduml")
+    for number, line in lines:
+        if _PLANTUML_UNSAFE.search(line):
+            errors.append(f"line {number}: includes, imports and file/environment functions are not allowed")
     body = [(n, line) for n, line in lines if not line.startswith(("@startuml", "@enduml"))]
     if not body:
         errors.append("the diagram has no content")
@@ -246,7 +254,7 @@ class _Proc:
 
 
 async def _run(argv: list[str], stdin: bytes | None, timeout: float, cwd: str | None = None) -> _Proc:
-    env = {**os.environ, "PUPPETEER_SKIP_DOWNLOAD": "1"}
+    env = {**os.environ, "PUPPETEER_SKIP_DOWNLOAD": "1", "PLANTUML_SECURITY_PROFILE": "SANDBOX"}
     process = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd, env=env,
@@ -304,10 +312,14 @@ async def _render_mermaid(source: str) -> DiagramCheck:
         with open(config, "w") as handle:
             json.dump({"executablePath": chromium,
                        "args": ["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-shm-usage"]}, handle)
+        mermaid_config = os.path.join(workdir, "mermaid.json")
+        with open(mermaid_config, "w") as handle:  # 'securityLevel' cannot be overridden by init directives
+            json.dump({"securityLevel": "strict"}, handle)
         src, out = os.path.join(workdir, "in.mmd"), os.path.join(workdir, "out.svg")
         with open(src, "w") as handle:
             handle.write(source)
-        proc = await _run([binary, "-q", "-p", config, "-i", src, "-o", out], None, _timeout(), cwd=workdir)
+        argv = [binary, "-q", "-p", config, "-c", mermaid_config, "-i", src, "-o", out]
+        proc = await _run(argv, None, _timeout(), cwd=workdir)
         if proc.timed_out:
             return DiagramCheck(valid=True, svg_reason=f"Mermaid CLI timed out after {_timeout():g}s")
         if proc.returncode != 0:

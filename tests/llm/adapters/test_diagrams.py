@@ -222,6 +222,8 @@ def test_bad_input_is_400_and_charges_nothing(tenant_admin, body):
     ("@startuml\nA -> B : hi\n", "plantuml", "sequence", "must end with @enduml"),
     ("@startuml\nstart\nif (x) then (y)\n:a;\nstop\n@enduml\n", "plantuml", "flowchart", "'if' and 'endif'"),
     ("@startuml\n[*] --> A\n@enduml\n", "plantuml", "sequence", "needs a message"),
+    ("@startuml\n!include /etc/passwd\nA -> B : hi\n@enduml\n", "plantuml", "sequence", "line 2: includes"),
+    ("@startuml\nA -> B : %getenv(\"HOME\")\n@enduml\n", "plantuml", "sequence", "are not allowed"),
 ])
 def test_syntax_check_finds_the_error(source, fmt, kind, expected):
     errors = diagram_render.syntax_check(source, fmt, kind)
