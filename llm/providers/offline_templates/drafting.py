@@ -15,7 +15,8 @@ from typing import Any
 from llm.providers.offline_templates import register
 
 _STOP = {"a", "an", "the", "this", "that", "which", "and", "or", "of", "for", "to", "in", "on", "with", "by", "is",
-         "are", "be", "it", "its", "as", "at", "from", "into", "using", "uses", "use", "has", "have", "can", "will"}
+         "are", "be", "it", "its", "as", "at", "from", "into", "using", "uses", "use", "has", "have", "can", "will",
+         "when", "while", "where", "so", "too", "very", "than", "then", "fast", "slow", "never", "always", "such"}
 
 
 def _system(messages: list[dict[str, Any]]) -> str:
@@ -57,10 +58,21 @@ def subject_of(disclosure: str) -> str:
     return " ".join(w.lower() for w in words[:9]) or "device"
 
 
+def _verbish(word: str) -> bool:
+    return word.endswith(("s", "ly")) and not word.endswith(("ss", "us", "is"))
+
+
 def keywords_of(disclosure: str, n: int = 6) -> list[str]:
+    """Nouns of the disclosure: the head of each noun phrase after an article ("a door hinge" ->
+    "hinge"), then other longer words; common part names fill up the list."""
+    text = disclosure.lower()
     seen: list[str] = []
-    for word in re.findall(r"[A-Za-z][A-Za-z\-]{3,}", disclosure.lower()):
-        if word not in _STOP and word not in seen:
+    for first, second in re.findall(r"\b(?:a|an|the)\s+([a-z][a-z\-]+)(?:\s+([a-z][a-z\-]+))?", text):
+        head = second if second and second not in _STOP and not _verbish(second) else first
+        if head not in _STOP and len(head) > 2 and head not in seen:
+            seen.append(head)
+    for word in re.findall(r"[a-z][a-z\-]{3,}", text):
+        if word not in _STOP and not _verbish(word) and word not in seen:
             seen.append(word)
     defaults = ["housing", "controller", "sensor", "actuator", "interface", "memory"]
     return (seen + [d for d in defaults if d not in seen])[:n]
