@@ -2,11 +2,13 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from adminconsole import apis as console_apis
 from gateway_project import health
 from llm import apis as llm_apis
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("console/", include("adminconsole.urls")),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
     path("metrics", llm_apis.metrics_view),
@@ -14,6 +16,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include("tenants.urls")),
     path("api/", include("metering.urls")),
+    path("api/quota-requests/", console_apis.QuotaRequestsApi.as_view(), name="quota-requests"),
     path("api/", include("llm.urls_tasks")),
     path("v1/", include("llm.urls")),
 ]

@@ -1,0 +1,17 @@
+from django.urls import path
+
+from adminconsole import views
+
+app_name = "adminconsole"
+
+urlpatterns = [
+    path("", views.overview, name="overview"),
+    path("tenants/", views.tenant_list, name="tenants"),
+    path("tenants/<slug:slug>/", views.tenant_detail, name="tenant"),
+    path("plan-changes/", views.plan_changes, name="plan_changes"),
+    path("plans/", views.plan_matrix, name="plan_matrix"),
+    path("quota-requests/", views.quota_requests, name="quota_requests"),
+    path("quota-requests/<int:request_id>/decide/", views.quota_request_decide, name="quota_request_decide"),
+    path("audit/", views.audit_log, name="audit"),
+    path("reports/", views.reports, name="reports"),
+]
