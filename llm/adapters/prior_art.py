@@ -179,6 +179,7 @@ def parse_ranking(text: str, known: set[str]) -> list[tuple[str, float | None, s
             continue
         ident = entry.get("id")
         ident = ident.strip().upper() if isinstance(ident, str) else f"C{ident}" if isinstance(ident, int) else ""
+        ident = f"C{ident}" if ident.isdigit() else ident.strip("[]")
         if ident not in known or ident in seen:
             continue
         seen.add(ident)

@@ -10,6 +10,8 @@ the caller.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import re
 from typing import Any
 
 import httpx
@@ -18,6 +20,22 @@ from django.conf import settings
 from llm.search.common import Attempts, External, Hit, SearchError, normalize_doi, with_retries
 
 SERVICE = "openalex"
+_KEY_IN_URL = re.compile(r"(api_key=)[^&\s\"]+")
+
+
+class _RedactApiKey(logging.Filter):
+    """httpx logs every request URL at INFO; OpenAlex takes its key in the query string."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any("api_key=" in str(a) for a in record.args):
+            record.args = tuple(_KEY_IN_URL.sub(r"\1***", str(a)) if "api_key=" in str(a) else a
+                                for a in record.args)
+        return True
+
+
+if not any(isinstance(f, _RedactApiKey) for f in logging.getLogger("httpx").filters):
+    logging.getLogger("httpx").addFilter(_RedactApiKey())
+
 SELECT = "id,doi,title,display_name,publication_year,publication_date,abstract_inverted_index,primary_location"
 MAX_PER_PAGE = 200
 

@@ -173,6 +173,16 @@ def test_a_transient_error_is_retried_and_each_attempt_counted(tenant_admin, fak
     assert_ledger_matches(body, fakes)
 
 
+def test_the_openalex_key_is_sent_but_never_logged(tenant_admin, fakes, settings, caplog):
+    openalex, patents = fakes
+    settings.OPENALEX_API_KEY = "oa-secret-123"
+    with caplog.at_level("INFO", logger="httpx"):
+        body = post(tenant_admin, {"description": DESCRIPTION}).json()
+    assert {req.params["api_key"] for req in openalex.received} == {"oa-secret-123"}
+    assert "api_key=***" in caplog.text and "oa-secret-123" not in caplog.text
+    assert_ledger_matches(body, fakes)
+
+
 def test_a_client_error_is_not_retried(tenant_admin, fakes):
     openalex, patents = fakes
     patents.fail_next(400)
@@ -335,6 +345,8 @@ def test_ranking_parser_is_robust():
     assert parse_ranking(truncated, known) == [("C1", 0.9, "a")]
     assert parse_ranking('{"ranking": [{"id": "C1", "score": "high"}, {"id": "C1"}]}', known) == [("C1", None, "")]
     assert parse_ranking("no json here", known) == []
+    assert parse_ranking('[{"id": 2, "score": 1}, {"id": "3"}, {"id": "[C1]"}]', known) == [
+        ("C2", 1.0, ""), ("C3", None, ""), ("C1", None, "")]
     assert parse_queries('```json\n{"queries": ["a b", "A B", "c d"]}\n```') == ["a b", "c d"]
     assert parse_queries("nothing") == []
 
