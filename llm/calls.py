@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,9 +72,13 @@ def _request(model: ModelInfo, messages: list[dict[str, Any]], max_tokens: int, 
     return ChatRequest(model=model.model_name, messages=messages, max_tokens=max_tokens, temperature=temperature)
 
 
-def _usable(candidates: list[tuple[ModelInfo, Provider]]) -> list[tuple[ModelInfo, Provider]]:
-    allowed = [(m, p) for m, p in candidates if router.breaker_allows(m)]
-    return allowed
+def _usable(candidates: list[tuple[ModelInfo, Provider]]) -> Iterator[tuple[ModelInfo, Provider]]:
+    """Candidates whose breaker lets a call through, checked lazily: a half-open probe is only
+    claimed for a model the call is really about to try."""
+    snap = router.snapshot([m for m, _ in candidates])
+    for model, provider in candidates:
+        if router.breaker_allows(model, snap):
+            yield model, provider
 
 
 async def _pause_before_next(attempt_index: int, deadline: float) -> bool:
@@ -179,7 +183,8 @@ async def stream_with_fallback(
             attempt.latency_ms = int((time.monotonic() - started) * 1000)
             attempt.error = error.kind
             attempt.tokens_in = error.tokens_in or attempt.tokens_in
-            attempt.tokens_out = max(error.tokens_out, attempt.tokens_out)
+            # The provider's own count of a cut stream (its partial usage) beats our estimate.
+            attempt.tokens_out = error.tokens_out or attempt.tokens_out
             metrics.provider_observed(model, time.monotonic() - started, error.kind)
             last = error
             if error.retryable:

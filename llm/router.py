@@ -37,20 +37,51 @@ class BreakerState:
     failures: int
 
 
-def breaker_state(model: ModelInfo, now: float | None = None) -> BreakerState:
-    now = now or time.time()
-    values = cache.get_many([_k("fail", model), _k("open", model)])
-    failures = int(values.get(_k("fail", model)) or 0)
-    opened_at = values.get(_k("open", model))
-    if opened_at is None:
-        return BreakerState("closed", failures)
-    if now - float(opened_at) >= settings.ROUTER_BREAKER_COOLDOWN_SECONDS:
-        return BreakerState("half_open", failures)
-    return BreakerState("open", failures)
+@dataclass(frozen=True)
+class ModelHealth:
+    failures: int
+    opened_at: float | None
+    ewma: float | None
+
+    def breaker(self, now: float) -> BreakerState:
+        if self.opened_at is None:
+            return BreakerState("closed", self.failures)
+        if now - self.opened_at >= settings.ROUTER_BREAKER_COOLDOWN_SECONDS:
+            return BreakerState("half_open", self.failures)
+        return BreakerState("open", self.failures)
 
 
-def breaker_allows(model: ModelInfo) -> bool:
-    state = breaker_state(model)
+Snapshot = dict[tuple[str, str], ModelHealth]
+
+
+def snapshot(models: Sequence[ModelInfo]) -> Snapshot:
+    """Breaker and latency state of these models in one cache round trip."""
+    keys = [_k(kind, m) for m in models for kind in ("fail", "open", "ewma")]
+    values = cache.get_many(keys) if keys else {}
+    result: Snapshot = {}
+    for m in models:
+        opened = values.get(_k("open", m))
+        ewma = values.get(_k("ewma", m))
+        result[(m.provider, m.model_name)] = ModelHealth(
+            failures=int(values.get(_k("fail", m)) or 0),
+            opened_at=float(opened) if opened is not None else None,
+            ewma=float(ewma) if ewma is not None else None,
+        )
+    return result
+
+
+def _health(model: ModelInfo, snap: Snapshot | None) -> ModelHealth:
+    if snap is not None and (model.provider, model.model_name) in snap:
+        return snap[(model.provider, model.model_name)]
+    return snapshot([model])[(model.provider, model.model_name)]
+
+
+def breaker_state(model: ModelInfo, now: float | None = None, snap: Snapshot | None = None) -> BreakerState:
+    return _health(model, snap).breaker(now or time.time())
+
+
+def breaker_allows(model: ModelInfo, snap: Snapshot | None = None) -> bool:
+    state = breaker_state(model, snap=snap)
     if state.state == "closed":
         return True
     if state.state == "open":
@@ -59,10 +90,12 @@ def breaker_allows(model: ModelInfo) -> bool:
     return cache.add(_k("probe", model), 1, settings.ROUTER_BREAKER_COOLDOWN_SECONDS)
 
 
-def record_success(model: ModelInfo, latency_s: float) -> None:
-    cache.delete_many([_k("fail", model), _k("open", model), _k("probe", model)])
-    previous = cache.get(_k("ewma", model))
-    value = latency_s if previous is None else EWMA_ALPHA * latency_s + (1 - EWMA_ALPHA) * float(previous)
+def record_success(model: ModelInfo, latency_s: float, snap: Snapshot | None = None) -> None:
+    health = _health(model, snap)
+    if health.failures or health.opened_at is not None:
+        cache.delete_many([_k("fail", model), _k("open", model), _k("probe", model)])
+    # The EWMA is advisory: racing writers may lose an update, which only nudges the estimate.
+    value = latency_s if health.ewma is None else EWMA_ALPHA * latency_s + (1 - EWMA_ALPHA) * health.ewma
     cache.set(_k("ewma", model), value, 3600)
 
 
@@ -80,9 +113,8 @@ def record_failure(model: ModelInfo) -> None:
         cache.delete(_k("probe", model))
 
 
-def latency_ewma(model: ModelInfo) -> float | None:
-    value = cache.get(_k("ewma", model))
-    return None if value is None else float(value)
+def latency_ewma(model: ModelInfo, snap: Snapshot | None = None) -> float | None:
+    return _health(model, snap).ewma
 
 
 def strategy_for(*, plan_code: str, task_code: str) -> str:
@@ -91,16 +123,19 @@ def strategy_for(*, plan_code: str, task_code: str) -> str:
 
 
 def order_candidates(candidates: Sequence[ModelInfo], *, classes: Sequence[str], strategy: str,
-                     tokens_in: int, max_tokens_out: int) -> list[ModelInfo]:
+                     tokens_in: int, max_tokens_out: int, snap: Snapshot | None = None) -> list[ModelInfo]:
+    snap = snap if snap is not None else snapshot(candidates)
+    now = time.time()
+
     def cost(m: ModelInfo) -> int:
         return m.cost_micro_usd(tokens_in=tokens_in, tokens_out=max_tokens_out)
 
     def speed(m: ModelInfo) -> float:
-        latency = latency_ewma(m)
+        latency = latency_ewma(m, snap)
         return latency if latency is not None else 0.0  # unknown: give it a chance
 
     def health(m: ModelInfo) -> tuple[int, int]:
-        state = breaker_state(m)
+        state = breaker_state(m, now, snap)
         return ({"closed": 0, "half_open": 1, "open": 2}[state.state], state.failures)
 
     def key(m: ModelInfo) -> tuple:

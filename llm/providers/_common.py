@@ -139,8 +139,8 @@ class StreamMeter:
     """What a stream has consumed so far, so a stream that fails part-way is still charged.
 
     Input: what the provider reported (Anthropic's message_start, Gemini's running usage), else
-    the local count. Output: the larger of the provider's running count and the local count of the
-    text received. Nothing is charged when the provider refused the call before streaming began.
+    the local count. Output: the provider's running count where it sends one, else the local count
+    of the text received. Nothing is charged when the provider refused the call before streaming began.
     """
 
     def __init__(self, provider: Any, request: ChatRequest) -> None:
@@ -164,5 +164,7 @@ class StreamMeter:
         tokens_in = self.reported_in
         if tokens_in is None:
             tokens_in = self._provider.count_tokens(self._request.messages, self._request.model)
-        tokens_out = max(text_tokens(self.text, self._request.model), self.reported_out or 0)
+        # The provider's running count (Gemini reports one with every chunk) is what it bills;
+        # without one, the local count of the text received.
+        tokens_out = self.reported_out if self.reported_out is not None else text_tokens(self.text, self._request.model)
         return {"tokens_in": tokens_in, "tokens_out": tokens_out}
