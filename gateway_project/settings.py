@@ -170,10 +170,47 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+from celery.schedules import crontab  # noqa: E402
+
 CELERY_BEAT_SCHEDULE = {
     "expire-reservations": {"task": "metering.tasks.expire_reservations", "schedule": 30.0},
     "replay-usage-spool": {"task": "metering.tasks.replay_usage_spool", "schedule": 60.0},
+    # Alert deliveries whose retry is due or whose message was lost (the claim prevents doubles).
+    "retry-alert-deliveries": {"task": "metering.tasks.retry_alert_deliveries", "schedule": 60.0},
+    # Yesterday's usage by task, one email per tenant with usage (UTC).
+    "usage-digest": {"task": "metering.tasks.send_usage_digests",
+                     "schedule": crontab(hour=env.int("USAGE_DIGEST_HOUR_UTC", default=6), minute=0)},
+    "prune-notifications": {"task": "metering.tasks.prune_notifications", "schedule": crontab(hour=3, minute=30)},
 }
+
+# --- Email and alert delivery ---------------------------------------------------------
+# With EMAIL_HOST set, mail goes out over SMTP; without it (the embedded default) it is printed
+# to the console. EMAIL_BACKEND overrides either.
+EMAIL_HOST = env.str("EMAIL_HOST", default="")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+EMAIL_USE_SSL = env.bool("EMAIL_USE_SSL", default=False)
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST
+                        else "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="LLM Gateway <gateway@localhost>")
+# A channel is disabled after this many failed attempts in a row (any success resets the count).
+ALERT_CHANNEL_MAX_FAILURES = env.int("ALERT_CHANNEL_MAX_FAILURES", default=5)
+ALERT_DELIVERY_MAX_ATTEMPTS = env.int("ALERT_DELIVERY_MAX_ATTEMPTS", default=8)
+# Retry n waits base * 2**(n-1) seconds, at most the max.
+ALERT_RETRY_BACKOFF_SECONDS = env.float("ALERT_RETRY_BACKOFF_SECONDS", default=30.0)
+ALERT_RETRY_BACKOFF_MAX_SECONDS = env.float("ALERT_RETRY_BACKOFF_MAX_SECONDS", default=3600.0)
+ALERT_HTTP_TIMEOUT_SECONDS = env.float("ALERT_HTTP_TIMEOUT_SECONDS", default=5.0)
+ALERT_SENDING_LEASE_SECONDS = env.int("ALERT_SENDING_LEASE_SECONDS", default=300)
+ALERT_PENDING_GRACE_SECONDS = env.int("ALERT_PENDING_GRACE_SECONDS", default=120)
+# Webhook/Slack/Teams targets on loopback or private addresses (SSRF): refused in production.
+ALERT_ALLOW_PRIVATE_TARGETS = env.bool("ALERT_ALLOW_PRIVATE_TARGETS", default=not PRODUCTION)
+# Embedded mode (Celery eager): network deliveries run on a background thread, never in the request.
+ALERT_EAGER_IN_BACKGROUND = env.bool("ALERT_EAGER_IN_BACKGROUND", default=True)
+ALERT_EAGER_MAX_WAIT_SECONDS = env.float("ALERT_EAGER_MAX_WAIT_SECONDS", default=120.0)
+NOTIFICATION_RETENTION_DAYS = env.int("NOTIFICATION_RETENTION_DAYS", default=90)
 
 # --- Auth, DRF, JWT -------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
