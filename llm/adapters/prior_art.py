@@ -371,8 +371,9 @@ class PriorArtAdapter(TaskAdapter):
 
     def _rerank_prompt(self, run: AdapterRun, parsed: PriorArtInput, candidates: list[Hit]) -> list[dict[str, Any]]:
         budget = run.limits.get("max_tokens_in")
-        description = parsed.text
-        for length in (400, 240, 120, 0):
+        short = parsed.text[:2000]
+        for length, description in ((400, parsed.text), (240, parsed.text), (120, parsed.text), (0, parsed.text),
+                                    (0, short)):
             blocks = []
             for index, hit in enumerate(candidates, 1):
                 head = f"[C{index}] ({hit.source}, {hit.year or 'n.d.'}) {hit.title}"
@@ -381,10 +382,8 @@ class PriorArtAdapter(TaskAdapter):
             user = f"Invention:\n<<<\n{description}\n>>>\n\nCandidates:\n" + "\n\n".join(blocks)
             messages = [{"role": "system", "content": RERANK_SYSTEM}, {"role": "user", "content": user}]
             if budget is None or text_tokens(RERANK_SYSTEM + user) <= budget:
-                return messages
-            if length == 0 and len(description) > 2000:
-                description = description[:2000]
-        return messages
+                break
+        return messages  # the smallest form, even if still above max_tokens_in
 
     async def _rank(self, run: AdapterRun, parsed: PriorArtInput, candidates: list[Hit], wanted: int
                     ) -> list[dict[str, Any]]:

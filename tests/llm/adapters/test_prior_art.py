@@ -271,6 +271,27 @@ def test_a_partial_ranking_keeps_the_models_order_then_lexical(tenant_admin, fak
     assert any("ranked 1 of" in n for n in body["notes"])
 
 
+def test_the_rerank_prompt_shrinks_to_fit_max_tokens_in(tenant_admin, fakes, monkeypatch):
+    from llm.tokenizer import text_tokens
+
+    offline_templates._load()
+    seen = []
+    original = offline_templates.TEMPLATES["prior_art_rerank"]
+    monkeypatch.setitem(offline_templates.TEMPLATES, "prior_art_rerank",
+                        lambda messages: seen.append(messages) or original(messages))
+    post(tenant_admin, {"description": DESCRIPTION})
+    roomy = seen[-1][0]["content"] + seen[-1][1]["content"]
+    assert "A compact magnetorheological damper" in roomy  # snippets included when there is room
+    budget = text_tokens(roomy) * 7 // 10
+    policy_rule_set(scope="TENANT", tenant=tenant_admin.tenant, key="max_tokens_in", value=budget)
+    r = post(tenant_admin, {"description": DESCRIPTION})
+    assert r.status_code == 200, r.content
+    tight = seen[-1][0]["content"] + seen[-1][1]["content"]
+    assert text_tokens(tight) <= budget and "[C1]" in tight and "[C12]" in tight  # shorter snippets, all candidates
+    assert r.json()["result"]["items"][0]["rationale"].startswith("Shares")
+    assert meters_reconcile() == []
+
+
 def test_streaming_sends_progress_events_then_the_result(tenant_admin, fakes):
     r = post(tenant_admin, {"description": DESCRIPTION}, stream=True)
     assert r.status_code == 200 and r["Content-Type"] == "text/event-stream"
