@@ -73,15 +73,34 @@ def plan_rule_set(*, plan: Plan, key: str, value: Any, task_code: str | None = N
                            value=parse_value(value), note=note, actor=actor, source=source)
 
 
+def _subject_rule(*, rule_id: int, scope: str, subject_id: int, lock: bool = False) -> PolicyRule:
+    subject_field = {PolicyRule.Scope.TENANT: "tenant_id", PolicyRule.Scope.PLAN: "plan_id"}[scope]
+    rows = PolicyRule.objects.select_related("plan", "tenant", "user", "task")
+    rule = (rows.select_for_update(of=("self",)) if lock else rows).filter(pk=rule_id, scope=scope,
+                                                               **{subject_field: subject_id}).first()
+    if rule is None:
+        raise NotFound("No such rule.", code="rule_unknown")
+    return rule
+
+
+@transaction.atomic
+def policy_rule_value_set(*, rule_id: int, scope: str, subject_id: int, value: Any, actor: User | None = None,
+                          source: str = AuditSource.CONSOLE) -> PolicyRule:
+    """Edit one rule's value in place, keeping its task, time window and usage condition."""
+    rule = _subject_rule(rule_id=rule_id, scope=scope, subject_id=subject_id, lock=True)
+    return policy_rule_set(
+        scope=rule.scope, key=rule.key, value=parse_value(value), plan=rule.plan, tenant=rule.tenant, task=rule.task,
+        weekdays=rule.weekdays, start_time=rule.start_time, end_time=rule.end_time, timezone_name=rule.timezone,
+        when_quota_key=rule.when_quota_key, when_usage_percent_gte=rule.when_usage_percent_gte, note=rule.note,
+        actor=actor, source=source,
+    )
+
+
 @transaction.atomic
 def policy_rule_delete(*, rule_id: int, scope: str, subject_id: int, actor: User | None = None,
                        source: str = AuditSource.CONSOLE) -> None:
     """Delete a TENANT or PLAN rule of the given subject (a rule of another subject is a 404)."""
-    subject_field = {PolicyRule.Scope.TENANT: "tenant_id", PolicyRule.Scope.PLAN: "plan_id"}[scope]
-    rule = (PolicyRule.objects.select_for_update().select_related("plan", "tenant", "user", "task")
-            .filter(pk=rule_id, scope=scope, **{subject_field: subject_id}).first())
-    if rule is None:
-        raise NotFound("No such rule.", code="rule_unknown")
+    rule = _subject_rule(rule_id=rule_id, scope=scope, subject_id=subject_id, lock=True)
     before = policy_rule_snapshot(rule)
     tenant_id = rule.tenant_id
     rule.delete()
@@ -171,7 +190,7 @@ def quota_request_create(*, user: User, key: str, wanted_value: Any, task_code: 
 def quota_request_decide(*, request_id: int, approve: bool, actor: User, note: str = "",
                          source: str = AuditSource.CONSOLE) -> QuotaRequest:
     """Approve (writes the TENANT rule) or deny a pending request; the tenant's admins are notified either way."""
-    request = (QuotaRequest.objects.select_for_update().select_related("tenant", "task")
+    request = (QuotaRequest.objects.select_for_update(of=("self",)).select_related("tenant", "task")
                .filter(pk=request_id).first())
     if request is None:
         raise NotFound("No such quota request.", code="quota_request_unknown")

@@ -152,6 +152,11 @@ def _override_post(request: HttpRequest, tenant: Tenant) -> HttpResponse:
             services.policy_rule_delete(rule_id=int(request.POST["delete"]), scope=PolicyRule.Scope.TENANT,
                                         subject_id=tenant.pk, actor=request.user)
             messages.success(request, "Override removed; the plan's rule applies again from the next call.")
+        elif request.POST.get("rule"):
+            rule = services.policy_rule_value_set(rule_id=int(request.POST["rule"]), scope=PolicyRule.Scope.TENANT,
+                                                  subject_id=tenant.pk, value=request.POST.get("value", ""),
+                                                  actor=request.user)
+            messages.success(request, f"Override {rule.key} is now {rule.value}, from the next call.")
         else:
             rule = services.tenant_override_set(
                 tenant=tenant, key=request.POST.get("key", ""), value=request.POST.get("value", ""),
@@ -227,6 +232,11 @@ def _plan_matrix_post(request: HttpRequest, plan: Plan) -> None:
         rule = services.plan_rule_set(plan=plan, key=request.POST.get("key", ""), value=request.POST.get("value", ""),
                                       task_code=request.POST.get("task") or None, actor=request.user)
         messages.success(request, f"{plan.code}: default rule {rule.key} = {rule.value} saved.")
+    elif action == "edit_rule":
+        rule = services.policy_rule_value_set(rule_id=int(request.POST.get("rule", "0")), scope=PolicyRule.Scope.PLAN,
+                                              subject_id=plan.pk, value=request.POST.get("value", ""),
+                                              actor=request.user)
+        messages.success(request, f"{plan.code}: default rule {rule.key} is now {rule.value}.")
     elif action == "delete_rule":
         services.policy_rule_delete(rule_id=int(request.POST.get("rule", "0")), scope=PolicyRule.Scope.PLAN,
                                     subject_id=plan.pk, actor=request.user)

@@ -34,3 +34,11 @@ def as_json(value) -> str:
 @register.filter
 def get(mapping, key):
     return mapping.get(key) if hasattr(mapping, "get") else None
+
+
+@register.filter
+def rule_value(value) -> str:
+    """A rule's value as an operator types it: 4096, 12.50 (USD keys store text), BASE_S, BASE_M."""
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)

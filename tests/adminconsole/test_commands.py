@@ -108,3 +108,11 @@ def test_usage_report_csv_and_table(generated):
 def test_usage_report_bad_input(generated, args, message):
     with pytest.raises(CommandError, match=message.replace("(", r"\(").replace(")", r"\)")):
         run("usage_report", *args)
+
+
+def test_bench_console_times_every_page(generated):
+    out = run("bench_console", "--repeat", "1")
+    lines = out.splitlines()
+    assert "2 tenants" in lines[0] and "tenant page for load-00001" in lines[0]
+    pages = [line.split("  ")[0] for line in lines[2:]]
+    assert pages[:3] == ["overview", "tenants", "tenant page"] and len(pages) == 11

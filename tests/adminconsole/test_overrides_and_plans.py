@@ -173,3 +173,38 @@ def test_plan_default_rules_are_edited_with_validation(su_client, catalog):
     assert any("FREE: 'tenant_rpm' takes a whole number" in m for m in messages_of(response))
     response = _post(su_client, "/console/plans/", {"plan": plan.pk, "action": "delete_rule", "rule": rule.pk})
     assert not PolicyRule.objects.filter(pk=rule.pk).exists()
+
+
+def test_rules_are_edited_in_place_keeping_their_condition(su_client, tenant_admin):
+    from catalog.models import Plan
+
+    plan = Plan.objects.get(code="PRO")
+    throttle = PolicyRule.objects.get(scope="PLAN", plan=plan, key="max_tokens_out", when_quota_key__gt="")
+    plain = PolicyRule.objects.get(scope="PLAN", plan=plan, key="max_tokens_out", when_quota_key="")
+    response = _post(su_client, "/console/plans/", {"plan": plan.pk, "action": "edit_rule", "rule": throttle.pk,
+                                                     "value": "512"})
+    assert any("max_tokens_out is now 512" in m for m in messages_of(response))
+    throttle.refresh_from_db()
+    plain.refresh_from_db()
+    assert (throttle.value, throttle.when_quota_key, throttle.when_usage_percent_gte) == (
+        512, "tenant_tokens_per_month", 90)
+    assert plain.value == 4096  # the unconditional rule is another rule
+    usd = PolicyRule.objects.get(scope="PLAN", plan=plan, key="tenant_cost_per_month_usd")
+    _post(su_client, "/console/plans/", {"plan": plan.pk, "action": "edit_rule", "rule": usd.pk, "value": "300.25"})
+    usd.refresh_from_db()
+    assert usd.value == "300.25"
+    response = _post(su_client, "/console/plans/", {"plan": plan.pk, "action": "edit_rule", "rule": usd.pk,
+                                                     "value": "lots"})
+    assert any("not an amount of USD" in m for m in messages_of(response))
+    # A rule of another plan is not editable through this plan's form.
+    free_rule = PolicyRule.objects.filter(scope="PLAN", plan__code="FREE").first()
+    response = _post(su_client, "/console/plans/", {"plan": plan.pk, "action": "edit_rule", "rule": free_rule.pk,
+                                                     "value": "1"})
+    assert any("No such rule" in m for m in messages_of(response))
+
+    override = PolicyRule.objects.create(scope="TENANT", tenant=tenant_admin.tenant, key="tenant_rpm", value=5)
+    response = _post(su_client, f"/console/tenants/{tenant_admin.tenant.slug}/", {"rule": override.pk,
+                                                                                  "value": "50"})
+    assert any("tenant_rpm is now 50" in m for m in messages_of(response))
+    override.refresh_from_db()
+    assert override.value == 50
