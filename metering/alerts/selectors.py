@@ -7,7 +7,7 @@ from typing import Any
 
 from django.db.models import Count, Q, QuerySet, Sum
 
-from metering.models import AlertChannel, AlertDelivery, Notification, UsageLog
+from metering.models import AlertChannel, AlertDelivery, Notification, QuotaAlert, UsageLog
 from tenants.models import Tenant, User
 
 
@@ -54,6 +54,13 @@ def deliveries_due(*, now: datetime, pending_grace: timedelta, limit: int = 500)
         | Q(status=AlertDelivery.Status.PENDING, created_at__lt=now - pending_grace)
     ).order_by("next_attempt_at", "id").values_list("id", "kind")[:limit]
     return list(rows)
+
+
+def alerts_unnotified(*, now: datetime, grace: timedelta, limit: int = 200) -> list[int]:
+    """Alerts of the last day that nobody notified after the grace: their alert_notify was lost."""
+    return list(QuotaAlert.objects.filter(notified_at__isnull=True, created_at__lt=now - grace,
+                                          created_at__gte=now - timedelta(days=1))
+                .order_by("created_at").values_list("id", flat=True)[:limit])
 
 
 def _day_bounds(day: date) -> tuple[datetime, datetime]:

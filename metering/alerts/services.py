@@ -187,9 +187,18 @@ def _deliver_in_background(delivery_id: int) -> None:
 
 
 def deliveries_retry_due(*, now: datetime | None = None) -> int:
-    """Beat: re-enqueue deliveries that are due or whose task was lost (the claim prevents doubles)."""
+    """Beat: re-enqueue deliveries that are due or whose task was lost (the claim prevents doubles), and
+    alerts whose `alert_notify` never ran (the broker was down when their settlement committed)."""
+    from metering.tasks import alert_notify
+
     now = now or timezone.now()
-    due = selectors.deliveries_due(now=now, pending_grace=timedelta(seconds=settings.ALERT_PENDING_GRACE_SECONDS))
+    grace = timedelta(seconds=settings.ALERT_PENDING_GRACE_SECONDS)
+    for alert_id in selectors.alerts_unnotified(now=now, grace=grace):
+        try:
+            alert_notify.delay(alert_id)
+        except Exception:
+            logger.exception("could not enqueue alert_notify for alert %s", alert_id)
+    due = selectors.deliveries_due(now=now, pending_grace=grace)
     deliveries_enqueue(due)
     return len(due)
 

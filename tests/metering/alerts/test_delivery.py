@@ -378,3 +378,20 @@ def test_a_failing_channel_does_not_fail_the_metered_call(tenant_admin, receiver
     assert r.status_code == 200, r.content
     assert AlertDelivery.objects.get().status == "FAILED"
     assert len(receiver.requests) == 1
+
+
+def test_the_sweeper_notifies_an_alert_whose_task_was_lost(tenant_admin):
+    alert = make_alert(tenant_admin.tenant)  # committed, but its alert_notify message never arrived
+    QuotaAlert.objects.filter(pk=alert.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+    fresh = make_alert(tenant_admin.tenant, kind="QUOTA_EXCEEDED", observed=1_000)  # may still be on its way
+
+    retry_alert_deliveries.delay()
+
+    alert.refresh_from_db()
+    assert alert.notified_at is not None
+    assert AlertDelivery.objects.get(alert=alert).status == "SENT"
+    assert [m.subject for m in mail.outbox] == [mail.outbox[0].subject] and "over 80 %" in mail.outbox[0].subject
+    assert not AlertDelivery.objects.filter(alert=fresh).exists()
+
+    retry_alert_deliveries.delay()  # nothing twice
+    assert len(mail.outbox) == 1
