@@ -206,7 +206,9 @@ def _alert_create(*, tenant_id: int, meter_id: int, kind: str, period: datetime,
         return
     from metering.tasks import alert_notify
 
-    transaction.on_commit(lambda: alert_notify.delay(alert.pk))
+    # robust: a broker outage must not turn a call that was charged into a 500; the beat sweeper
+    # notifies alerts whose task never ran.
+    transaction.on_commit(lambda: alert_notify.delay(alert.pk), robust=True)
 
 
 @transaction.atomic
