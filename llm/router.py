@@ -14,6 +14,7 @@ closes it.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -87,7 +88,8 @@ def breaker_allows(model: ModelInfo, snap: Snapshot | None = None) -> bool:
     if state.state == "open":
         return False
     # Half-open: exactly one probe across all processes per cool-down.
-    return cache.add(_k("probe", model), 1, settings.ROUTER_BREAKER_COOLDOWN_SECONDS)
+    # Cache backends count whole seconds (Redis would turn 0.3 s into "expire now").
+    return cache.add(_k("probe", model), 1, max(1, math.ceil(settings.ROUTER_BREAKER_COOLDOWN_SECONDS)))
 
 
 def record_success(model: ModelInfo, latency_s: float, snap: Snapshot | None = None) -> None:
