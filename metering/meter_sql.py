@@ -27,26 +27,33 @@ def _run(columns: str, items: list[tuple[int, int, int]], set_clause: str, condi
     sql = (
         f"WITH wanted({columns}) AS (VALUES {values}){lock} "
         f"UPDATE {_T} SET {set_clause} FROM wanted WHERE {_T}.id = wanted.id{condition}{locked} "
-        f"RETURNING {_T}.id, {_T}.used, {_T}.reserved"
+        f"RETURNING {_T}.id, {_T}.used, {_T}.reserved, {_T}.tenant_id, {_T}.user_id, {_T}.task_id, {_T}.metric, "
+        f"{_T}.window, {_T}.period_start"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
+        return {row[0]: (row[1], row[2], subject_key(*row[3:])) for row in cursor.fetchall()}
 
 
-def holds_take(items: list[tuple[int, int, int]]) -> dict[int, tuple[int, int]]:
+def subject_key(tenant_id, user_id, task_id, metric, window, period_start) -> tuple:
+    """A meter's identity, comparable whatever the driver returns for the timestamp."""
+    stamp = period_start if isinstance(period_start, str) else period_start.strftime("%Y-%m-%d %H:%M:%S")
+    return (int(tenant_id), user_id, task_id, metric, window, stamp.replace("T", " ")[:19])
+
+
+def holds_take(items: list[tuple[int, int, int]]) -> dict[int, tuple]:
     """items: (meter_id, amount, limit). Adds each amount to `reserved` only where
-    used + reserved + amount <= limit. Returns {meter_id: (used, reserved)} for the holds taken."""
+    used + reserved + amount <= limit. Returns {meter_id: (used, reserved, subject)} for the holds taken."""
     return _run("id, amount, lim", items, f"reserved = {_T}.reserved + wanted.amount",
                 f" AND {_T}.used + {_T}.reserved + wanted.amount <= wanted.lim")
 
 
-def holds_force(items: list[tuple[int, int]]) -> dict[int, tuple[int, int]]:
+def holds_force(items: list[tuple[int, int]]) -> dict[int, tuple]:
     """SHADOW/SOFT: take the hold whatever the limit says (the meter keeps counting)."""
     return _run("id, amount, lim", [(m, a, 0) for m, a in items], f"reserved = {_T}.reserved + wanted.amount", "")
 
 
-def holds_move(items: list[tuple[int, int, int]]) -> dict[int, tuple[int, int]]:
-    """items: (meter_id, release_from_reserved, add_to_used). Returns {meter_id: (used, reserved)}."""
+def holds_move(items: list[tuple[int, int, int]]) -> dict[int, tuple]:
+    """items: (meter_id, release_from_reserved, add_to_used). Returns {meter_id: (used, reserved, subject)}."""
     return _run("id, released, added", items,
                 f"reserved = {_T}.reserved - wanted.released, used = {_T}.used + wanted.added", "")

@@ -103,11 +103,31 @@ def _meter_ids(keys: set[tuple]) -> dict[tuple, int]:
     }
 
 
-def meters_ensure(*, tenant_id: int, holds: list[HoldSpec]) -> dict[tuple, int]:
+# Meter ids by subject and period, per process: the hot path then skips the lookup query. An id
+# is never trusted blindly: admission checks every row it touched against the subject it wanted
+# (RETURNING) and, on any mismatch, rolls back, forgets the cache and runs once more.
+_meter_id_cache: dict[tuple, int] = {}
+
+
+class _StaleMeterIds(Exception):
+    pass
+
+
+def meter_id_cache_clear() -> None:
+    _meter_id_cache.clear()
+
+
+def _subject(key: tuple) -> tuple:
+    return meter_sql.subject_key(*key)
+
+
+def meters_ensure(*, tenant_id: int, holds: list[HoldSpec], use_cache: bool = False) -> dict[tuple, int]:
     """Meter ids for these holds, creating missing rows (insert-or-ignore: safe under races)."""
     keys = {_meter_key(tenant_id, h) for h in holds}
     if not keys:
         return {}
+    if use_cache and all(k in _meter_id_cache for k in keys):
+        return {k: _meter_id_cache[k] for k in keys}
     found = _meter_ids(keys)
     missing = keys - found.keys()
     if missing:
@@ -117,6 +137,10 @@ def meters_ensure(*, tenant_id: int, holds: list[HoldSpec]) -> dict[tuple, int]:
             ignore_conflicts=True,
         )
         found.update(_meter_ids(missing))
+    if use_cache:
+        if len(_meter_id_cache) > 50_000:
+            _meter_id_cache.clear()
+        _meter_id_cache.update(found)
     return found
 
 
@@ -135,9 +159,19 @@ def _refusal_from(failed: list[HoldSpec], now: datetime) -> tuple[str, str, int]
     raise AssertionError("no failed hold")  # pragma: no cover
 
 
+def usage_admit(**kwargs: Any) -> Admission:
+    """Take every hold of one request or none (see `_usage_admit`)."""
+    try:
+        return _usage_admit(use_cache=True, **kwargs)
+    except _StaleMeterIds:
+        meter_id_cache_clear()
+        return _usage_admit(use_cache=False, **kwargs)
+
+
 @transaction.atomic
-def usage_admit(
+def _usage_admit(
     *,
+    use_cache: bool,
     tenant_id: int,
     user_id: int,
     decision: EnforcementDecision,
@@ -149,10 +183,12 @@ def usage_admit(
 ) -> Admission:
     """Take every hold of one request or none. HARD refuses at the first crossed limit (429);
     SHADOW and SOFT take the hold anyway and record what HARD would have refused."""
-    meter_ids = meters_ensure(tenant_id=tenant_id, holds=decision.holds)
+    meter_ids = meters_ensure(tenant_id=tenant_id, holds=decision.holds, use_cache=use_cache)
     ordered = sorted(decision.holds, key=lambda h: meter_ids[_meter_key(tenant_id, h)])  # fixed lock order
     by_meter = {meter_ids[_meter_key(tenant_id, h)]: h for h in ordered}
     values = meter_sql.holds_take([(meter_id, h.amount, h.limit) for meter_id, h in by_meter.items()])
+    if use_cache:
+        _check_subjects(tenant_id, by_meter, values)
     failed = [h for meter_id, h in by_meter.items() if meter_id not in values]
     if failed and mode != "HARD":
         values.update(meter_sql.holds_force([(meter_ids[_meter_key(tenant_id, h)], h.amount) for h in failed]))
@@ -182,6 +218,22 @@ def usage_admit(
     _concurrency_alerts(tenant_id=tenant_id, by_meter=by_meter, values=values, now=now)
     return Admission(reservation_id=reservation.pk, request_id=request_id, admitted_at=now, enforcement_mode=mode,
                      would_refuse_code=would_code, would_refuse_message=would_message)
+
+
+def _check_subjects(tenant_id: int, by_meter: dict[int, HoldSpec], values: dict[int, tuple]) -> None:
+    """Raise _StaleMeterIds (rolling the admission back) if a cached id is not the meter we meant."""
+    for meter_id, hold in by_meter.items():
+        wanted = _subject(_meter_key(tenant_id, hold))
+        if meter_id in values:
+            if values[meter_id][2] != wanted:
+                raise _StaleMeterIds()
+    missing = [m for m in by_meter if m not in values]
+    if missing:  # over a limit, or a stale id: only the failure path pays for this check
+        rows = UsageMeter.objects.filter(pk__in=missing).values_list(
+            "pk", "tenant_id", "user_id", "task_id", "metric", "window", "period_start")
+        seen = {row[0]: meter_sql.subject_key(*row[1:]) for row in rows}
+        if any(seen.get(m) != _subject(_meter_key(tenant_id, by_meter[m])) for m in missing):
+            raise _StaleMeterIds()
 
 
 def _concurrency_alerts(*, tenant_id: int, by_meter: dict[int, HoldSpec], values: dict[int, tuple[int, int]],

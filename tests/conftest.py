@@ -59,11 +59,13 @@ def _clear_cache(_private_file_cache):
     from catalog.selectors import catalog_cache
     from llm.providers import registry
     from metering.policy import policy_cache
+    from metering.services import meter_id_cache_clear
 
     def forget_local() -> None:
         for memo in (catalog_cache, policy_cache):
             memo.clear_local()
         registry.clear_local()
+        meter_id_cache_clear()
 
     forget_local()
     cache.clear()

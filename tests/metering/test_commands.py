@@ -380,3 +380,30 @@ def test_replay_settles_a_call_admitted_before_the_database_failed(tenant_admin,
     assert services.reservations_expire(now=now + timedelta(hours=1)) == 0
     tokens.refresh_from_db()
     assert tokens.used == 150
+
+
+def test_admission_survives_stale_cached_meter_ids(tenant_admin):
+    """Meters deleted under the per-process id cache: admission notices, rolls back and retries."""
+    from django.utils import timezone
+
+    from metering.models import UsageMeter
+    from metering.policy import policy_evaluate
+    from metering.services import CallOutcome, meters_reconcile, usage_admit, usage_settle
+    from tenants.selectors import identity_resolve
+
+    user = tenant_admin.user
+    context = identity_resolve(user_id=user.pk, tenant_id=user.tenant_id,
+                               ati_id=tenant_admin.tenant.signup_ati_token_id)
+
+    def one_call():
+        now = timezone.now()
+        decision = policy_evaluate(context=context, task_code="LLM2_DRAFT", tokens_in=10, now=now)
+        admission = usage_admit(tenant_id=context.tenant_id, user_id=context.user_id, decision=decision,
+                                request_id=f"req-{now.timestamp()}", mode="HARD", now=now)
+        usage_settle(reservation_id=admission.reservation_id,
+                     outcome=CallOutcome(status="SUCCESS", tokens_in=10, tokens_out=5, api_calls=1))
+
+    one_call()
+    UsageMeter.objects.all().delete()  # the cache still holds their ids
+    one_call()
+    assert UsageMeter.objects.filter(metric="TOKENS", window="MONTH", user=None, task=None).get().used == 15
