@@ -1,8 +1,8 @@
 """Set-based meter updates: one statement for all holds of a request instead of one per meter.
 
 On PostgreSQL the rows are first locked in meter-id order (a fixed order: no deadlocks between
-requests that share meters), then updated in the same statement; READ COMMITTED re-checks the
-condition against the latest committed row version. SQLite serializes writers (BEGIN IMMEDIATE),
+requests that share meters), then updated by a statement whose snapshot already sees the latest
+committed counters. SQLite serializes writers (BEGIN IMMEDIATE),
 so it needs no lock step. Both return the rows they changed, with their new values.
 """
 
@@ -20,18 +20,21 @@ def _run(columns: str, items: list[tuple[int, int, int]], set_clause: str, condi
         return {}
     values = ", ".join(["(%s, %s, %s)"] * len(items))
     params = [int(value) for item in items for value in item]
-    lock, locked = "", ""
-    if connection.vendor == "postgresql":
-        lock = f", locked AS (SELECT id FROM {_T} WHERE id IN (SELECT id FROM wanted) ORDER BY id FOR UPDATE)"
-        locked = f" AND {_T}.id IN (SELECT id FROM locked)"
-    sql = (
-        f"WITH wanted({columns}) AS (VALUES {values}){lock} "
-        f"UPDATE {_T} SET {set_clause} FROM wanted WHERE {_T}.id = wanted.id{condition}{locked} "
-        f"RETURNING {_T}.id, {_T}.used, {_T}.reserved, {_T}.tenant_id, {_T}.user_id, {_T}.task_id, {_T}.metric, "
-        f"{_T}.window, {_T}.period_start"
-    )
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        if connection.vendor == "postgresql":
+            # Lock first, in its own statement: the UPDATE below then starts with a snapshot taken
+            # after every lock is held, so it sees the latest committed counters. (Locking inside
+            # the same statement would leave the UPDATE on an older snapshot, and PostgreSQL's
+            # re-check of a concurrently updated row can drop it: a false "limit reached".)
+            cursor.execute(f"SELECT id FROM {_T} WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                           [[int(item[0]) for item in items]])
+        cursor.execute(
+            f"WITH wanted({columns}) AS (VALUES {values}) "
+            f"UPDATE {_T} SET {set_clause} FROM wanted WHERE {_T}.id = wanted.id{condition} "
+            f"RETURNING {_T}.id, {_T}.used, {_T}.reserved, {_T}.tenant_id, {_T}.user_id, {_T}.task_id, "
+            f"{_T}.metric, {_T}.window, {_T}.period_start",
+            params,
+        )
         return {row[0]: (row[1], row[2], subject_key(*row[3:])) for row in cursor.fetchall()}
 
 

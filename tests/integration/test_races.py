@@ -244,3 +244,15 @@ def test_openai_sdk_streams_through_the_gateway_and_a_disconnect_mid_stream_sett
     assert 3 <= cancelled.tokens_out < 200  # charged for what was generated, not for the whole answer
     assert cancelled.usage_estimated
     _assert_no_holds_left(tenant)
+
+
+def test_racing_requests_far_below_every_limit_are_never_refused(postgres, tenant_admin):
+    """No false refusals: concurrent updates of the same meters must all see the latest counters."""
+    tenant = tenant_admin.tenant
+    _unlimited_concurrency(tenant)
+    token = tokens_for_user(tenant_admin.user)["access"]
+    with gateway_server(workers=2) as server:
+        responses = _fire(server.url, token, 40)
+    assert [r.status_code for r in responses] == [200] * 40
+    assert UsageLog.objects.filter(tenant=tenant, status="SUCCESS").count() == 40
+    _assert_no_holds_left(tenant)
