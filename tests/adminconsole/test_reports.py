@@ -99,3 +99,20 @@ def test_tenant_page_charts_and_user_table_show_the_traffic(traffic, su_client, 
     assert month.used == _ledger_totals(tenant=tenant_admin.tenant)["tokens_in"] + _ledger_totals(
         tenant=tenant_admin.tenant)["tokens_out"]
     assert {b.label for b in data["user_bars"]} == {"acme-admin", "acme-member"}
+
+
+def test_a_replayed_spool_record_reaches_the_rollup_exactly_once(tenant_admin, settings, tmp_path):
+    from metering.models import UsageDaily as Daily
+    from tests.metering.test_commands import _spool, evaluate, run, success
+
+    settings.METERING_SPOOL_DIR = tmp_path / "spool"
+    now = timezone.now()
+    decision = evaluate(tenant_admin.user, now=now)
+    path = _spool(tenant_admin.user, "req-spooled-daily", decision, success(decision, tokens_out=120), now)
+    record = path.read_text()
+    run("replay_usage_spool")
+    path.write_text(record)  # a crash between commit and delete: replayed again, counted once
+    run("replay_usage_spool")
+    row = Daily.objects.get(tenant=tenant_admin.tenant)
+    assert (row.requests, row.tokens_in, row.tokens_out, row.day) == (1, 100, 120, now.date())
+    assert _rollup_totals() == _ledger_totals()
