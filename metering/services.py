@@ -164,7 +164,8 @@ def usage_admit(**kwargs: Any) -> Admission:
     try:
         return _usage_admit(use_cache=True, **kwargs)
     except _StaleMeterIds:
-        meter_id_cache_clear()
+        for hold in kwargs["decision"].holds:
+            _meter_id_cache.pop(_meter_key(kwargs["tenant_id"], hold), None)
         return _usage_admit(use_cache=False, **kwargs)
 
 
@@ -221,18 +222,12 @@ def _usage_admit(
 
 
 def _check_subjects(tenant_id: int, by_meter: dict[int, HoldSpec], values: dict[int, tuple]) -> None:
-    """Raise _StaleMeterIds (rolling the admission back) if a cached id is not the meter we meant."""
+    """Raise _StaleMeterIds (rolling the admission back) unless every cached id was the meter we meant
+    and every hold was taken. A hold that failed on a cached id is never trusted as a refusal: the id
+    may name a row another transaction had inserted but not yet committed (invisible to this
+    UPDATE). The retry looks every id up among committed rows, so its answer is authoritative."""
     for meter_id, hold in by_meter.items():
-        wanted = _subject(_meter_key(tenant_id, hold))
-        if meter_id in values:
-            if values[meter_id][2] != wanted:
-                raise _StaleMeterIds()
-    missing = [m for m in by_meter if m not in values]
-    if missing:  # over a limit, or a stale id: only the failure path pays for this check
-        rows = UsageMeter.objects.filter(pk__in=missing).values_list(
-            "pk", "tenant_id", "user_id", "task_id", "metric", "window", "period_start")
-        seen = {row[0]: meter_sql.subject_key(*row[1:]) for row in rows}
-        if any(seen.get(m) != _subject(_meter_key(tenant_id, by_meter[m])) for m in missing):
+        if meter_id not in values or values[meter_id][2] != _subject(_meter_key(tenant_id, hold)):
             raise _StaleMeterIds()
 
 
