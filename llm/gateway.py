@@ -31,9 +31,8 @@ from llm.providers.base import ChatResult, Provider, ProviderError
 from llm.providers.registry import provider_get
 from llm.tokenizer import messages_tokens
 from metering import services as metering
-from metering.models import Metric, UsageLog, UsageMeter, UsageReservation
+from metering.models import UsageLog, UsageReservation
 from metering.policy import EnforcementDecision, policy_evaluate
-from metering.policy_keys import POLICY_KEYS, KeyKind
 from tenants.selectors import TenantContext
 
 logger = logging.getLogger("gateway.llm")
@@ -199,24 +198,13 @@ def _decision_without_db(context, task_code, chat, tokens_in, now, mode) -> Enfo
     return decision
 
 
-def _quota_remaining(admission: metering.Admission | None) -> int | None:
-    if admission is None:
-        return None
-    rows = UsageMeter.objects.filter(holds__reservation_id=admission.reservation_id, metric=Metric.TOKENS).values_list(
-        "used", "reserved", "holds__limit_value", "holds__policy_key"
-    )
-    remaining = [limit - used - reserved for used, reserved, limit, key in rows
-                 if POLICY_KEYS[key].kind == KeyKind.QUOTA]
-    return max(0, min(remaining)) if remaining else None
-
-
 def _settle(admitted: _Admitted, context: TenantContext, request_id: str, outcome: metering.CallOutcome) -> int | None:
     outcome.would_refuse_code = admitted.admission.would_refuse_code if admitted.admission else \
         admitted.decision.would_refuse_code
     try:
         if admitted.admission is not None:
-            metering.usage_settle(reservation_id=admitted.admission.reservation_id, outcome=outcome)
-            return _quota_remaining(admitted.admission)
+            log = metering.usage_settle(reservation_id=admitted.admission.reservation_id, outcome=outcome)
+            return log.quota_tokens_remaining if log is not None else None
     except DatabaseError:
         if admitted.mode == "HARD":
             raise

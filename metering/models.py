@@ -214,6 +214,10 @@ class UsageLog(models.Model):
     admitted_at = models.DateTimeField(help_text="Admission time; decides the meter periods this row counts in.")
     created_at = models.DateTimeField()
 
+    # Not stored: settlement fills it from the counters it just updated, so the response's
+    # X-Quota-Tokens-Remaining costs no extra query.
+    quota_tokens_remaining: int | None = None
+
     class Meta:
         constraints = [
             models.CheckConstraint(

@@ -293,6 +293,10 @@ def _holds_apply(*, reservation: UsageReservation, outcome: CallOutcome, now: da
     )
     usage_daily_add(log)
     _quota_alerts(reservation=reservation, holds=holds, outcome=outcome, values=values)
+    remaining = [h.limit_value - values[h.meter_id][0] - values[h.meter_id][1] for h in holds
+                 if h.meter.metric == Metric.TOKENS and POLICY_KEYS[h.policy_key].kind == KeyKind.QUOTA
+                 and h.meter_id in values]
+    log.quota_tokens_remaining = max(0, min(remaining)) if remaining else None
     return log
 
 
