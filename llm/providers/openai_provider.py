@@ -6,6 +6,12 @@ the gateway's router owns retries and fallback. Streams ask for usage (`stream_o
 a server that ignores the option yields a final delta with `usage=None` and the gateway counts the
 tokens itself.
 
+The calls go through the SDK's own `post` (its HTTP client, auth and default headers, status
+handling and error classes) with the JSON body we build and `cast_to=object`: the response (and each
+stream chunk) stays the parsed JSON dict. `chat.completions.create` would walk our plain params
+through its recursive TypedDict transform and build pydantic models of every answer and chunk,
+about 2.7 ms per call on the benchmark machine, for fields we then read straight back out.
+
 Output tokens are `max(completion_tokens, total_tokens - prompt_tokens)`: OpenAI counts reasoning
 tokens inside `completion_tokens`, xAI reports them beside it (its `total_tokens` includes them),
 and both are billed as output.
@@ -13,10 +19,13 @@ and both are billed as output.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
+from openai import AsyncStream
+from openai._types import RequestOptions
 
 from llm.providers._common import MALFORMED_ERRORS, PerLoop, StreamMeter, for_status, malformed
 from llm.providers.base import (
@@ -40,6 +49,8 @@ KEYLESS_PLACEHOLDER = "not-needed"  # local servers ignore the key; the SDK insi
 # Error codes OpenAI (content_policy_violation, invalid_prompt) and Azure OpenAI (content_filter)
 # use when the input itself was refused by a content policy.
 CONTENT_FILTER_CODES = frozenset({"content_filter", "content_policy_violation", "invalid_prompt"})
+# What `chat.completions.create` passes: the SDK adds the bearer key only when asked to.
+REQUEST_OPTIONS: RequestOptions = {"security": {"bearer_auth": True}}
 
 
 def _detail(exc: openai.APIError) -> str:
@@ -84,10 +95,12 @@ class OpenAIProvider:
 
     @staticmethod
     def _usage(usage: Any) -> Usage | None:
-        prompt, completion = getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+        if not isinstance(usage, dict):
+            return None
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if not isinstance(prompt, int) or not isinstance(completion, int):
             return None
-        total = getattr(usage, "total_tokens", None)
+        total = usage.get("total_tokens")
         return Usage(prompt, max(completion, total - prompt) if isinstance(total, int) else completion)
 
     def _error(self, exc: openai.OpenAIError, *, tokens_in: int = 0, tokens_out: int = 0) -> ProviderError:
@@ -120,19 +133,24 @@ class OpenAIProvider:
     async def chat(self, request: ChatRequest) -> ChatResult:
         client = await self._clients.get()
         try:
-            completion = await client.chat.completions.create(**self._params(request))
+            completion: Any = await client.post("/chat/completions", body=self._params(request), cast_to=object,
+                                                options=REQUEST_OPTIONS)
+            if isinstance(completion, str):  # the SDK hands back the text of a non-JSON content type
+                completion = json.loads(completion)
         except openai.OpenAIError as exc:
             raise self._error(exc) from exc
         except MALFORMED_ERRORS as exc:  # a 200 whose body is not JSON
             raise malformed(self.name, exc) from exc
         try:
-            choice = completion.choices[0]
-            text = choice.message.content or ""
-            finish = choice.finish_reason or "stop"
-            response_id = completion.id or ""
-        except MALFORMED_ERRORS as exc:  # JSON without the fields (the SDK does not validate)
+            choice = completion["choices"][0]
+            text = choice["message"].get("content") or ""
+            finish = choice.get("finish_reason") or "stop"
+            response_id = completion.get("id") or ""
+            usage = self._usage(completion.get("usage"))
+        except MALFORMED_ERRORS as exc:  # JSON without the fields
             raise malformed(self.name, f"no choices[0].message: {exc}") from exc
-        usage = self._usage(completion.usage)
+        if not isinstance(text, str):
+            raise malformed(self.name, "choices[0].message.content is not text")
         if usage is None:  # some local servers omit it: counted here, flagged as estimated
             usage = Usage(self.count_tokens(request.messages, request.model), text_tokens(text, request.model),
                           estimated=True)
@@ -145,7 +163,8 @@ class OpenAIProvider:
         params = {**self._params(request), "stream": True, "stream_options": {"include_usage": True}}
         client = await self._clients.get()
         try:
-            stream = await client.chat.completions.create(**params)
+            stream = await client.post("/chat/completions", body=params, cast_to=object, options=REQUEST_OPTIONS,
+                                       stream=True, stream_cls=AsyncStream[object])
         except openai.OpenAIError as exc:
             raise self._error(exc) from exc
         except MALFORMED_ERRORS as exc:
@@ -155,18 +174,21 @@ class OpenAIProvider:
         finish: str | None = None
         usage: Usage | None = None
         try:
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    usage = self._usage(chunk.usage) or usage
-                for choice in chunk.choices or ():
-                    if choice.index != 0:
+            async for chunk in stream:  # each chunk is its parsed JSON object
+                if chunk.get("usage") is not None:
+                    usage = self._usage(chunk["usage"]) or usage
+                for choice in chunk.get("choices") or ():
+                    if choice.get("index") != 0:
                         continue
-                    piece = choice.delta.content if choice.delta is not None else None
+                    delta = choice.get("delta")
+                    piece = delta.get("content") if delta is not None else None
                     if piece:
+                        if not isinstance(piece, str):
+                            raise TypeError("delta.content is not text")
                         meter.add(piece)
                         yield StreamDelta(text=piece)
-                    if choice.finish_reason:
-                        finish = choice.finish_reason
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
         except openai.OpenAIError as exc:
             raise self._error(exc, **meter.consumed()) from exc
         except MALFORMED_ERRORS as exc:
