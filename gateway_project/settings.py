@@ -276,6 +276,9 @@ ROUTER_BREAKER_FAILURES = env.int("ROUTER_BREAKER_FAILURES", default=5)
 ROUTER_BREAKER_COOLDOWN_SECONDS = env.float("ROUTER_BREAKER_COOLDOWN_SECONDS", default=30.0)
 ROUTER_BACKOFF_BASE_SECONDS = env.float("ROUTER_BACKOFF_BASE_SECONDS", default=0.05)
 ROUTER_BACKOFF_MAX_SECONDS = env.float("ROUTER_BACKOFF_MAX_SECONDS", default=1.0)
+# How stale (per process) the breaker and latency state other processes wrote may be; this
+# process's own failures and successes are seen at once. 0: read the shared cache on every call.
+ROUTER_STATE_TTL_SECONDS = env.float("ROUTER_STATE_TTL_SECONDS", default=1.0)
 METERING_SPOOL_DIR = Path(env.str("METERING_SPOOL_DIR", default=str(VAR_DIR / "spool")))
 
 # --- LLM providers ------------------------------------------------------------------

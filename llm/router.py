@@ -10,12 +10,19 @@ Breaker per provider model, state in the shared cache (Redis in production) so e
 process sees it: open after ROUTER_BREAKER_FAILURES consecutive failures; after
 ROUTER_BREAKER_COOLDOWN_SECONDS one process at a time may send a half-open probe; a success
 closes it.
+
+Every call reads this state (to order candidates and to check breakers) and writes the latency
+EWMA, so each process keeps a short memo (ROUTER_STATE_TTL_SECONDS, default 1 s) in front of the
+shared cache: its own failures and successes update the memo at once, another process's are seen
+within the TTL. Breaker counts and openings are written through to the shared cache immediately;
+the advisory EWMA at most once a second per model.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +33,7 @@ from django.core.cache import cache
 from catalog.selectors import ModelInfo
 
 EWMA_ALPHA = 0.3
+EWMA_WRITE_EVERY_SECONDS = 1.0
 
 
 def _k(kind: str, model: ModelInfo) -> str:
@@ -54,27 +62,64 @@ class ModelHealth:
 
 Snapshot = dict[tuple[str, str], ModelHealth]
 
+# (provider, model name) -> (monotonic time read from the shared cache, health); and when this
+# process last wrote each model's EWMA to the shared cache.
+_memo: dict[tuple[str, str], tuple[float, ModelHealth]] = {}
+_ewma_written: dict[tuple[str, str], float] = {}
+_lock = threading.Lock()
+
+
+def _id(model: ModelInfo) -> tuple[str, str]:
+    return (model.provider, model.model_name)
+
+
+def clear_local() -> None:
+    """Forget this process's memo (tests: the shared cache was cleared or edited under us)."""
+    with _lock:
+        _memo.clear()
+        _ewma_written.clear()
+
+
+def _remember(model: ModelInfo, health: ModelHealth, read_at: float | None = None) -> None:
+    with _lock:
+        if read_at is None:  # our own write: keep the time of the last shared read
+            read_at = _memo[_id(model)][0] if _id(model) in _memo else time.monotonic()
+        _memo[_id(model)] = (read_at, health)
+
 
 def snapshot(models: Sequence[ModelInfo]) -> Snapshot:
-    """Breaker and latency state of these models in one cache round trip."""
-    keys = [_k(kind, m) for m in models for kind in ("fail", "open", "ewma")]
-    values = cache.get_many(keys) if keys else {}
+    """Breaker and latency state of these models: from the memo, else in one cache round trip."""
+    ttl = settings.ROUTER_STATE_TTL_SECONDS
+    now = time.monotonic()
     result: Snapshot = {}
+    stale: list[ModelInfo] = []
     for m in models:
+        entry = _memo.get(_id(m))
+        if entry is not None and now - entry[0] < ttl:
+            result[_id(m)] = entry[1]
+        else:
+            stale.append(m)
+    if not stale:
+        return result
+    keys = [_k(kind, m) for m in stale for kind in ("fail", "open", "ewma")]
+    values = cache.get_many(keys)
+    for m in stale:
         opened = values.get(_k("open", m))
         ewma = values.get(_k("ewma", m))
-        result[(m.provider, m.model_name)] = ModelHealth(
+        health = ModelHealth(
             failures=int(values.get(_k("fail", m)) or 0),
             opened_at=float(opened) if opened is not None else None,
             ewma=float(ewma) if ewma is not None else None,
         )
+        result[_id(m)] = health
+        _remember(m, health, now)
     return result
 
 
 def _health(model: ModelInfo, snap: Snapshot | None) -> ModelHealth:
-    if snap is not None and (model.provider, model.model_name) in snap:
-        return snap[(model.provider, model.model_name)]
-    return snapshot([model])[(model.provider, model.model_name)]
+    if snap is not None and _id(model) in snap:
+        return snap[_id(model)]
+    return snapshot([model])[_id(model)]
 
 
 def breaker_state(model: ModelInfo, now: float | None = None, snap: Snapshot | None = None) -> BreakerState:
@@ -98,7 +143,11 @@ def record_success(model: ModelInfo, latency_s: float, snap: Snapshot | None = N
         cache.delete_many([_k("fail", model), _k("open", model), _k("probe", model)])
     # The EWMA is advisory: racing writers may lose an update, which only nudges the estimate.
     value = latency_s if health.ewma is None else EWMA_ALPHA * latency_s + (1 - EWMA_ALPHA) * health.ewma
-    cache.set(_k("ewma", model), value, 3600)
+    _remember(model, ModelHealth(failures=0, opened_at=None, ewma=value))
+    now = time.monotonic()
+    if now - _ewma_written.get(_id(model), -math.inf) >= EWMA_WRITE_EVERY_SECONDS:
+        _ewma_written[_id(model)] = now
+        cache.set(_k("ewma", model), value, 3600)
 
 
 def record_failure(model: ModelInfo) -> None:
@@ -109,10 +158,14 @@ def record_failure(model: ModelInfo) -> None:
     except ValueError:
         cache.set(key, 1, 3600)
         failures = 1
+    health = _health(model, None)
+    opened_at = health.opened_at
     if failures >= settings.ROUTER_BREAKER_FAILURES:
         # (Re)open: a failed half-open probe starts a new cool-down.
-        cache.set(_k("open", model), time.time(), 3600)
+        opened_at = time.time()
+        cache.set(_k("open", model), opened_at, 3600)
         cache.delete(_k("probe", model))
+    _remember(model, ModelHealth(failures=failures, opened_at=opened_at, ewma=health.ewma))
 
 
 def latency_ewma(model: ModelInfo, snap: Snapshot | None = None) -> float | None:

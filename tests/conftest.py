@@ -57,6 +57,7 @@ def _celery_eager():
 @pytest.fixture(autouse=True)
 def _clear_cache(_private_file_cache):
     from catalog.selectors import catalog_cache
+    from llm import router
     from llm.providers import registry
     from metering.policy import policy_cache
     from metering.services import meter_id_cache_clear
@@ -65,6 +66,7 @@ def _clear_cache(_private_file_cache):
         for memo in (catalog_cache, policy_cache):
             memo.clear_local()
         registry.clear_local()
+        router.clear_local()
         meter_id_cache_clear()
 
     forget_local()

@@ -88,7 +88,13 @@ def test_strategy_overrides_per_task_beat_per_plan(settings):
     assert router.strategy_for(plan_code="FREE", task_code="LLM1_PRIOR_ART") == "cost"
 
 
-def test_traffic_moves_off_an_open_breaker_and_back_after_recovery(tenant_admin, quick_breaker):
+@pytest.fixture
+def no_router_memo(settings):
+    """The test edits the shared cache as another process would and expects the next call to see it."""
+    settings.ROUTER_STATE_TTL_SECONDS = 0
+
+
+def test_traffic_moves_off_an_open_breaker_and_back_after_recovery(tenant_admin, quick_breaker, no_router_memo):
     body = {"model": "auto", "messages": [{"role": "user", "content": "a hinge"}], "max_tokens": 20}
     failing = {"model": "auto", "messages": [{"role": "user", "content": "a hinge [offline:fail]"}],
                "max_tokens": 20}
@@ -104,3 +110,45 @@ def test_traffic_moves_off_an_open_breaker_and_back_after_recovery(tenant_admin,
     assert r.json()["model"] == "offline-pro-m"  # the half-open probe succeeded: back to the cheaper model
     assert router.breaker_state(model("offline-pro-m")).state == "closed"
     assert UsageLog.objects.filter(status="SUCCESS").count() == 2
+
+
+def test_another_processes_breaker_is_seen_within_the_state_ttl(catalog, quick_breaker, settings):
+    settings.ROUTER_STATE_TTL_SECONDS = 0.2
+    m = model("offline-pro-m")
+    assert router.breaker_allows(m)  # read once: closed, remembered
+    # Another process opens the breaker: only the shared cache changes.
+    cache.set(f"router:fail:{m.provider}:{m.model_name}", 3, 3600)
+    cache.set(f"router:open:{m.provider}:{m.model_name}", time.time(), 3600)
+    time.sleep(0.25)
+    assert router.breaker_state(m).state == "open" and not router.breaker_allows(m)
+
+
+def test_routing_state_costs_no_cache_read_within_the_ttl(catalog, settings, monkeypatch):
+    settings.ROUTER_STATE_TTL_SECONDS = 60
+    gpt, grok = model("gpt-4o"), model("grok-3")
+    router.snapshot([gpt, grok])
+    reads = []
+    monkeypatch.setattr(cache, "get_many", lambda keys, *a, **k: reads.append(keys) or {})
+    for _ in range(3):  # ordering and the breaker checks of three calls
+        router.order_candidates([gpt, grok], classes=["PRO_M"], strategy="cost", tokens_in=10, max_tokens_out=10)
+        assert router.breaker_allows(gpt) and router.breaker_allows(grok)
+    assert reads == []
+
+
+def test_latency_ewma_is_used_at_once_but_written_to_the_shared_cache_at_most_once_a_second(catalog, settings):
+    settings.ROUTER_STATE_TTL_SECONDS = 60
+    gpt, grok = model("gpt-4o"), model("grok-3")
+    key = f"router:ewma:{gpt.provider}:{gpt.model_name}"
+    router.record_success(gpt, 0.5)
+    assert cache.get(key) == 0.5
+    router.record_success(grok, 0.4)
+    router.record_success(gpt, 0.1)
+    router.record_success(gpt, 0.1)
+    assert cache.get(key) == 0.5  # not yet written again
+    local = router.latency_ewma(gpt)
+    assert local < 0.4  # but this process routes on it already
+    assert router.order_candidates([grok, gpt], classes=["PRO_M"], strategy="performance", tokens_in=10,
+                                   max_tokens_out=10) == [gpt, grok]
+    time.sleep(router.EWMA_WRITE_EVERY_SECONDS)
+    router.record_success(gpt, 0.1)
+    assert cache.get(key) == pytest.approx(router.latency_ewma(gpt))
