@@ -258,6 +258,8 @@ GATEWAY_ENFORCEMENT_MODE = env.str("GATEWAY_ENFORCEMENT_MODE", default="HARD")
 if GATEWAY_ENFORCEMENT_MODE not in {"SHADOW", "SOFT", "HARD"}:
     raise ImproperlyConfigured("GATEWAY_ENFORCEMENT_MODE must be SHADOW, SOFT or HARD.")
 RESERVATION_LEASE_SECONDS = env.int("RESERVATION_LEASE_SECONDS", default=120)
+# How old the usage a usage-based throttle rule reads may be (per process; 0 = read every call).
+POLICY_USAGE_CACHE_SECONDS = env.float("POLICY_USAGE_CACHE_SECONDS", default=1.0)
 OFFLINE_PROVIDER_LATENCY_MS = env.int("OFFLINE_PROVIDER_LATENCY_MS", default=0)
 IDEMPOTENCY_WAIT_SECONDS = env.int("IDEMPOTENCY_WAIT_SECONDS", default=30)
 

@@ -1,6 +1,15 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class MeteringConfig(AppConfig):
-    name = "metering"
     default_auto_field = "django.db.models.BigAutoField"
+    name = "metering"
+
+    def ready(self) -> None:
+        from metering.pg_functions import install_pg_functions
+
+        # After every migrate (and the test runner's schema setup): the hot-path SQL functions
+        # are replaced with the version this code expects.
+        post_migrate.connect(lambda sender, using="default", **kw: install_pg_functions(using=using),
+                             sender=self, weak=False)

@@ -60,3 +60,52 @@ def holds_move(items: list[tuple[int, int, int]]) -> dict[int, tuple]:
     """items: (meter_id, release_from_reserved, add_to_used). Returns {meter_id: (used, reserved, subject)}."""
     return _run("id, released, added", items,
                 f"reserved = {_T}.reserved - wanted.released, used = {_T}.used + wanted.added", "")
+
+
+# PostgreSQL: admission and settlement as one function call each (migration 0004), one round trip
+# in autocommit. Never call these inside a transaction you expect to roll back independently.
+
+def _json(value):
+    import json
+
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def admit_pg(*, reservation_id, request_id: str, tenant_id: int, user_id: int, task_id: int, mode: str, now,
+             expires_at, idempotency_key: str | None, fingerprint: str, alert_day, holds: list) -> dict:
+    """holds: HoldSpec list. Returns {"status": "admitted"|"refused"|"in_flight", "failed": [1-based
+    indexes into holds], "alerts": [new QuotaAlert ids]}."""
+    params = [reservation_id, request_id, tenant_id, user_id, task_id, mode, now, expires_at, idempotency_key,
+              fingerprint, alert_day, False, [h.user_id for h in holds], [h.task_id for h in holds],
+              [h.metric for h in holds], [h.window for h in holds], [h.period_start for h in holds],
+              [int(h.amount) for h in holds], [int(h.limit) for h in holds], [h.key for h in holds]]
+    with connection.cursor() as cursor:
+        for ensure_meters in (False, True):
+            params[11] = ensure_meters
+            cursor.execute(
+                "SELECT gateway_admit(%s::uuid, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::bigint[], "
+                "%s::bigint[], %s::text[], %s::text[], %s::timestamptz[], %s::bigint[], %s::bigint[], %s::text[])",
+                params,
+            )
+            result = _json(cursor.fetchone()[0])
+            if result["status"] != "missing_meters":
+                return result
+    raise RuntimeError("gateway_admit found meters missing right after creating them")
+
+
+def settle_pg(*, reservation_id, reservation_status: str, now, free_key: bool, outcome, quota_keys: list[str]
+              ) -> dict | None:
+    """Returns None when the reservation was not ACTIVE (already settled, released or expired)."""
+    import json
+
+    body = None if outcome.response_body is None else json.dumps(outcome.response_body)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT gateway_settle(%s::uuid, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+            "%s, %s, %s::jsonb, %s::text[])",
+            [reservation_id, reservation_status, now, free_key, outcome.response_status, body, outcome.status,
+             outcome.provider, outcome.model_name, outcome.model_class, outcome.tokens_in, outcome.tokens_out,
+             outcome.api_calls, outcome.cost_micro_usd, outcome.latency_ms, outcome.error_code,
+             outcome.would_refuse_code, outcome.usage_estimated, json.dumps(outcome.attempts), quota_keys],
+        )
+        return _json(cursor.fetchone()[0])

@@ -9,11 +9,13 @@ subject and invalidated on every rule write (`policy_cache_invalidate`).
 from __future__ import annotations
 
 import logging
+import time
 import zoneinfo
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Q
 
 from catalog.selectors import (
@@ -241,17 +243,47 @@ class _Resolver:
 
     def _meter_used(self, key: PolicyKey, *, task_specific: bool) -> int:
         if self._usage is None:
-            self._usage = {}
-            rows = UsageMeter.objects.filter(tenant_id=self.context.tenant_id).filter(
-                Q(user__isnull=True) | Q(user_id=self.context.user_id)
-            ).filter(period_start__in={period_start(w, self.now) for w in Window.values}).values_list(
-                "user_id", "task_id", "metric", "window", "period_start", "used", "reserved"
-            )
-            for user_id, task_id, metric, window, start, used, reserved in rows:
-                self._usage[(user_id, task_id, metric, window, start)] = used + reserved
+            self._usage = usage_snapshot(tenant_id=self.context.tenant_id, user_id=self.context.user_id,
+                                         now=self.now)
         user_id = self.context.user_id if key.subject == Subject.USER else None
         task_id = self.task.id if task_specific else None
         return self._usage.get((user_id, task_id, key.metric, key.window, period_start(key.window, self.now)), 0)
+
+
+# Usage conditions read the caller's meters. A per-process snapshot, at most
+# POLICY_USAGE_CACHE_SECONDS old, spares the hot path that query: a condition only throttles
+# (smaller max_tokens_out, cheaper classes), while the quotas themselves are enforced exactly by
+# admission's conditional holds. This process's own settlements drop the tenant's snapshot at once.
+_usage_snapshots: dict[int, dict[int, tuple[float, datetime, dict[tuple, int]]]] = {}
+
+
+def usage_snapshot(*, tenant_id: int, user_id: int, now: datetime) -> dict[tuple, int]:
+    """used + reserved of the caller's tenant-wide and own meters of the current periods, by subject."""
+    ttl = settings.POLICY_USAGE_CACHE_SECONDS
+    cached = _usage_snapshots.get(tenant_id, {}).get(user_id)
+    clock = time.monotonic()
+    if cached is not None and clock - cached[0] < ttl and cached[1] == period_start(Window.MINUTE, now):
+        return cached[2]
+    usage: dict[tuple, int] = {}
+    rows = UsageMeter.objects.filter(tenant_id=tenant_id).filter(
+        Q(user__isnull=True) | Q(user_id=user_id)
+    ).filter(period_start__in={period_start(w, now) for w in Window.values}).values_list(
+        "user_id", "task_id", "metric", "window", "period_start", "used", "reserved"
+    )
+    for row_user, task_id, metric, window, start, used, reserved in rows:
+        usage[(row_user, task_id, metric, window, start)] = used + reserved
+    if ttl > 0:
+        if len(_usage_snapshots) > 10_000:
+            _usage_snapshots.clear()
+        _usage_snapshots.setdefault(tenant_id, {})[user_id] = (clock, period_start(Window.MINUTE, now), usage)
+    return usage
+
+
+def usage_snapshot_forget(*, tenant_id: int | None = None) -> None:
+    if tenant_id is None:
+        _usage_snapshots.clear()
+    else:
+        _usage_snapshots.pop(tenant_id, None)
 
 
 def _select_models(requested: str, allowed: list[str]) -> tuple[list[str], ModelInfo | None, str | None]:

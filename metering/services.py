@@ -34,7 +34,7 @@ from metering.models import (
     Window,
 )
 from metering.periods import period_start, seconds_until_reset
-from metering.policy import EnforcementDecision, HoldSpec
+from metering.policy import EnforcementDecision, HoldSpec, usage_snapshot_forget
 from metering.policy_keys import POLICY_KEYS, KeyKind
 from tenants.audit import audit_record, changed_fields
 
@@ -161,12 +161,59 @@ def _refusal_from(failed: list[HoldSpec], now: datetime) -> tuple[str, str, int]
 
 def usage_admit(**kwargs: Any) -> Admission:
     """Take every hold of one request or none (see `_usage_admit`)."""
+    if connection.vendor == "postgresql":
+        return _usage_admit_pg(**kwargs)
     try:
         return _usage_admit(use_cache=True, **kwargs)
     except _StaleMeterIds:
         for hold in kwargs["decision"].holds:
             _meter_id_cache.pop(_meter_key(kwargs["tenant_id"], hold), None)
         return _usage_admit(use_cache=False, **kwargs)
+
+
+QUOTA_KEYS = [key.name for key in POLICY_KEYS.values() if key.kind == KeyKind.QUOTA]
+
+
+def _usage_admit_pg(
+    *,
+    tenant_id: int,
+    user_id: int,
+    decision: EnforcementDecision,
+    request_id: str,
+    mode: str,
+    now: datetime,
+    idempotency_key: str | None = None,
+    fingerprint: str = "",
+) -> Admission:
+    """The same admission as `_usage_admit`, as one PostgreSQL function call: one round trip."""
+    reservation_id = uuid.uuid4()
+    result = meter_sql.admit_pg(
+        reservation_id=reservation_id, request_id=request_id, tenant_id=tenant_id, user_id=user_id,
+        task_id=decision.task.id, mode=mode, now=now,
+        expires_at=now + timedelta(seconds=settings.RESERVATION_LEASE_SECONDS), idempotency_key=idempotency_key,
+        fingerprint=fingerprint, alert_day=period_start(Window.DAY, now), holds=decision.holds,
+    )
+    if result["status"] == "in_flight":
+        raise IdempotencyInFlight()
+    failed = [decision.holds[i - 1] for i in result["failed"]]
+    would_code, would_message = "", ""
+    if failed:
+        code, message, retry_after = _refusal_from(failed, now)
+        if result["status"] == "refused":
+            raise TooManyRequests(message, code=code, retry_after=retry_after)
+        would_code, would_message = code, message
+    _alerts_notify(result["alerts"])
+    return Admission(reservation_id=reservation_id, request_id=request_id, admitted_at=now, enforcement_mode=mode,
+                     would_refuse_code=would_code, would_refuse_message=would_message)
+
+
+def _alerts_notify(alert_ids: list[int]) -> None:
+    from metering.tasks import alert_notify
+
+    for alert_id in alert_ids:
+        # robust: a broker outage must not turn a call that was charged into a 500; the beat sweeper
+        # notifies alerts whose task never ran.
+        transaction.on_commit(lambda alert_id=alert_id: alert_notify.delay(alert_id), robust=True)
 
 
 @transaction.atomic
@@ -251,18 +298,51 @@ def _alert_create(*, tenant_id: int, meter_id: int, kind: str, period: datetime,
                                               policy_key=key, limit_value=limit, observed_value=observed)
     except IntegrityError:
         return
-    from metering.tasks import alert_notify
-
-    # robust: a broker outage must not turn a call that was charged into a 500; the beat sweeper
-    # notifies alerts whose task never ran.
-    transaction.on_commit(lambda: alert_notify.delay(alert.pk), robust=True)
+    _alerts_notify([alert.pk])
 
 
-@transaction.atomic
 def usage_settle(*, reservation_id: uuid.UUID, outcome: CallOutcome, now: datetime | None = None) -> UsageLog | None:
     """Move holds to used with the actual amounts and write the ledger row. Idempotent: a second
     settlement, or one after expiry, changes nothing and is logged."""
     now = now or timezone.now()
+    if connection.vendor == "postgresql":
+        log = _settle_pg(reservation_id=reservation_id, outcome=outcome, now=now,
+                         reservation_status=UsageReservation.Status.COMPLETED,
+                         free_key=outcome.status != UsageLog.Status.SUCCESS)
+    else:
+        log = _usage_settle(reservation_id=reservation_id, outcome=outcome, now=now)
+    if log is None:
+        logger.warning("settle skipped: reservation %s is not active (already settled or expired)", reservation_id)
+        return None
+    usage_snapshot_forget(tenant_id=log.tenant_id)  # this process sees its own usage at once
+    _log_line(log, decision="allowed")
+    return log
+
+
+def _settle_pg(*, reservation_id: uuid.UUID, outcome: CallOutcome, now: datetime, reservation_status: str,
+               free_key: bool) -> UsageLog | None:
+    """Settlement as one PostgreSQL function call (migration 0004): claim, holds, ledger, rollup, alerts."""
+    result = meter_sql.settle_pg(reservation_id=reservation_id, reservation_status=reservation_status, now=now,
+                                 free_key=free_key, outcome=outcome, quota_keys=QUOTA_KEYS)
+    if result is None:
+        return None
+    _alerts_notify(result["alerts"])
+    log = UsageLog(
+        pk=result["log_id"], request_id=result["request_id"], reservation_id=reservation_id,
+        tenant_id=result["tenant_id"], user_id=result["user_id"], task_id=result["task_id"],
+        feature_code=result["feature_code"], provider=outcome.provider, model_name=outcome.model_name,
+        model_class=outcome.model_class, tokens_in=outcome.tokens_in, tokens_out=outcome.tokens_out,
+        api_calls=outcome.api_calls, cost_micro_usd=outcome.cost_micro_usd, latency_ms=outcome.latency_ms,
+        status=outcome.status, error_code=outcome.error_code, enforcement_mode=result["enforcement_mode"],
+        would_refuse_code=outcome.would_refuse_code, usage_estimated=outcome.usage_estimated,
+        attempts=outcome.attempts, admitted_at=datetime.fromisoformat(result["admitted_at"]), created_at=now,
+    )
+    log.quota_tokens_remaining = result["remaining"]
+    return log
+
+
+@transaction.atomic
+def _usage_settle(*, reservation_id: uuid.UUID, outcome: CallOutcome, now: datetime) -> UsageLog | None:
     failed = outcome.status != UsageLog.Status.SUCCESS
     update: dict[str, Any] = {"status": UsageReservation.Status.COMPLETED, "settled_at": now,
                               "response_status": outcome.response_status, "response_body": outcome.response_body}
@@ -270,12 +350,9 @@ def usage_settle(*, reservation_id: uuid.UUID, outcome: CallOutcome, now: dateti
         update["idempotency_key"] = None  # a failed call leaves its key free for a real retry
     claimed = UsageReservation.objects.filter(pk=reservation_id, status=UsageReservation.Status.ACTIVE).update(**update)
     if claimed != 1:
-        logger.warning("settle skipped: reservation %s is not active (already settled or expired)", reservation_id)
         return None
     reservation = UsageReservation.objects.select_related("task__feature").get(pk=reservation_id)
-    log = _holds_apply(reservation=reservation, outcome=outcome, now=now)
-    _log_line(log, decision="allowed")
-    return log
+    return _holds_apply(reservation=reservation, outcome=outcome, now=now)
 
 
 def _holds_apply(*, reservation: UsageReservation, outcome: CallOutcome, now: datetime) -> UsageLog:
@@ -339,6 +416,13 @@ def _quota_alerts(*, reservation: UsageReservation, holds: list[UsageHold], outc
 
 
 def _release(*, reservation_id: uuid.UUID, status: str, error_code: str, now: datetime) -> bool:
+    if connection.vendor == "postgresql":
+        log = _settle_pg(reservation_id=reservation_id, outcome=CallOutcome(
+            status=UsageLog.Status.EXPIRED, error_code=error_code), now=now, reservation_status=status, free_key=True)
+        if log is None:
+            return False
+        _log_line(log, decision=error_code)
+        return True
     with transaction.atomic():
         claimed = UsageReservation.objects.filter(pk=reservation_id, status=UsageReservation.Status.ACTIVE).update(
             status=status, settled_at=now, idempotency_key=None

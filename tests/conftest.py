@@ -32,7 +32,10 @@ def _private_file_cache(tmp_path_factory):
     fast = {"PASSWORD_HASHERS": ["django.contrib.auth.hashers.MD5PasswordHasher"],
             # In-process test requests must see the test's own (uncommitted) transaction; the
             # integration tests' uvicorn workers run with the production default.
-            "DB_STEPS_THREAD_SENSITIVE": True}
+            "DB_STEPS_THREAD_SENSITIVE": True,
+            # Tests that set meters directly expect the next evaluation to see them; the usage
+            # snapshot itself is tested with its own setting (tests/metering/test_policy.py).
+            "POLICY_USAGE_CACHE_SECONDS": 0}
     if os.environ.get("REDIS_URL"):
         with override_settings(**fast):
             yield
@@ -59,7 +62,7 @@ def _clear_cache(_private_file_cache):
     from catalog.selectors import catalog_cache
     from llm import router
     from llm.providers import registry
-    from metering.policy import policy_cache
+    from metering.policy import policy_cache, usage_snapshot_forget
     from metering.services import meter_id_cache_clear
 
     def forget_local() -> None:
@@ -68,6 +71,7 @@ def _clear_cache(_private_file_cache):
         registry.clear_local()
         router.clear_local()
         meter_id_cache_clear()
+        usage_snapshot_forget()
 
     forget_local()
     cache.clear()

@@ -1,0 +1,231 @@
+"""PostgreSQL functions for the two writes on every metered call: admission and settlement.
+
+Installed (CREATE OR REPLACE) after every `migrate`, so the SQL always matches this code.
+
+Each is one round trip in autocommit (a single `SELECT fn(...)` is its own transaction), instead of
+a BEGIN, half a dozen statements and a COMMIT. The semantics are those of DESIGN.md §3 and of the
+Python path SQLite still uses (metering/services.py):
+
+- meters are locked in meter-id order (no deadlocks between requests sharing meters); the check
+  and the update run as later statements, so they see the latest committed counters;
+- HARD refuses without writing anything when any hold would cross its limit; SHADOW and SOFT take
+  every hold and report the ones HARD would have refused;
+- settlement claims the reservation with a conditional UPDATE (idempotent), moves holds to used,
+  writes the ledger row and its daily rollup, and creates threshold alerts once per meter, kind and
+  period (the unique constraint decides).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ADMIT = r"""
+DROP FUNCTION IF EXISTS gateway_admit;
+CREATE OR REPLACE FUNCTION gateway_admit(
+    p_reservation uuid, p_request_id text, p_tenant bigint, p_user bigint, p_task bigint, p_mode text,
+    p_now timestamptz, p_expires timestamptz, p_idempotency_key text, p_fingerprint text,
+    p_alert_day timestamptz, p_ensure_meters boolean,
+    h_user bigint[], h_task bigint[], h_metric text[], h_window text[], h_period timestamptz[],
+    h_amount bigint[], h_limit bigint[], h_key text[]
+) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_ids bigint[];
+    v_idx int[];
+    v_failed int[];
+    v_alerts bigint[] := '{}';
+    v_alert bigint;
+    r record;
+BEGIN
+    IF p_ensure_meters THEN
+        -- Only when an earlier call found a meter missing (a new period, a first call): creating
+        -- rows before any lock is taken keeps the lock order below strictly by id.
+        INSERT INTO metering_usagemeter (tenant_id, user_id, task_id, metric, "window", period_start, used,
+                                         reserved, updated_at)
+        SELECT p_tenant, h.u, h.t, h.m, h.w, h.p, 0, 0, p_now
+        FROM unnest(h_user, h_task, h_metric, h_window, h_period) AS h(u, t, m, w, p)
+        ON CONFLICT (tenant_id, COALESCE(user_id, 0::bigint), COALESCE(task_id, 0::bigint), metric, "window",
+                     period_start) DO NOTHING;
+    END IF;
+
+    -- Lock in meter-id order. Statements below take a new snapshot: they see the committed
+    -- counters of every transaction that held these locks before us.
+    SELECT array_agg(s.id ORDER BY s.id), array_agg(s.i ORDER BY s.id) INTO v_ids, v_idx
+    FROM (
+        SELECT m.id, h.i
+        FROM unnest(h_user, h_task, h_metric, h_window, h_period) WITH ORDINALITY AS h(u, t, m, w, p, i)
+        JOIN metering_usagemeter m
+          ON m.tenant_id = p_tenant AND COALESCE(m.user_id, 0) = COALESCE(h.u, 0)
+         AND COALESCE(m.task_id, 0) = COALESCE(h.t, 0) AND m.metric = h.m AND m."window" = h.w
+         AND m.period_start = h.p
+        ORDER BY m.id
+        FOR UPDATE OF m
+    ) s;
+    IF COALESCE(cardinality(v_ids), 0) < COALESCE(cardinality(h_metric), 0) THEN
+        RETURN jsonb_build_object('status', 'missing_meters');  -- nothing written; the caller retries
+    END IF;
+
+    SELECT COALESCE(array_agg(x.i ORDER BY x.i), '{}') INTO v_failed
+    FROM unnest(v_ids, v_idx) AS x(id, i)
+    JOIN metering_usagemeter m ON m.id = x.id
+    WHERE m.used + m.reserved + h_amount[x.i] > h_limit[x.i];
+
+    IF p_mode = 'HARD' AND cardinality(v_failed) > 0 THEN
+        RETURN jsonb_build_object('status', 'refused', 'failed', to_jsonb(v_failed));
+    END IF;
+
+    INSERT INTO metering_usagereservation (id, request_id, status, enforcement_mode, expires_at, created_at,
+                                           idempotency_key, request_fingerprint, tenant_id, user_id, task_id)
+    VALUES (p_reservation, p_request_id, 'ACTIVE', p_mode, p_expires, p_now, p_idempotency_key, p_fingerprint,
+            p_tenant, p_user, p_task)
+    ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        IF p_idempotency_key IS NULL THEN
+            RAISE unique_violation USING MESSAGE = 'duplicate reservation or request id ' || p_request_id;
+        END IF;
+        RETURN jsonb_build_object('status', 'in_flight');  -- another request holds this Idempotency-Key
+    END IF;
+
+    FOR r IN
+        UPDATE metering_usagemeter m
+        SET reserved = m.reserved + h_amount[x.i], updated_at = p_now
+        FROM unnest(v_ids, v_idx) AS x(id, i)
+        WHERE m.id = x.id
+        RETURNING m.id, m.reserved, x.i
+    LOOP
+        IF h_metric[r.i] = 'CONCURRENT' AND h_limit[r.i] > 0 AND r.reserved * 100 >= h_limit[r.i] * 90 THEN
+            INSERT INTO metering_quotaalert (tenant_id, meter_id, kind, period_start, policy_key, limit_value,
+                                             observed_value, created_at)
+            VALUES (p_tenant, r.id, 'CONCURRENCY_LIMIT', p_alert_day, h_key[r.i], h_limit[r.i], r.reserved, p_now)
+            ON CONFLICT DO NOTHING
+            RETURNING id INTO v_alert;
+            IF v_alert IS NOT NULL THEN
+                v_alerts := v_alerts || v_alert;
+                v_alert := NULL;
+            END IF;
+        END IF;
+    END LOOP;
+
+    INSERT INTO metering_usagehold (reservation_id, meter_id, amount, policy_key, limit_value)
+    SELECT p_reservation, x.id, h_amount[x.i], h_key[x.i], h_limit[x.i]
+    FROM unnest(v_ids, v_idx) AS x(id, i);
+
+    RETURN jsonb_build_object('status', 'admitted', 'failed', to_jsonb(v_failed), 'alerts', to_jsonb(v_alerts));
+END
+$fn$;
+"""
+
+SETTLE = r"""
+CREATE OR REPLACE FUNCTION gateway_settle(
+    p_reservation uuid, p_reservation_status text, p_now timestamptz, p_free_key boolean,
+    p_response_status int, p_response_body jsonb,
+    p_status text, p_provider text, p_model_name text, p_model_class text, p_tokens_in bigint,
+    p_tokens_out bigint, p_api_calls bigint, p_cost bigint, p_latency_ms int, p_error_code text,
+    p_would_refuse text, p_estimated boolean, p_attempts jsonb, p_quota_keys text[]
+) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+DECLARE
+    res record;
+    r record;
+    v_feature text;
+    v_added bigint;
+    v_before bigint;
+    v_remaining bigint;
+    v_log bigint;
+    v_alert bigint;
+    v_alerts bigint[] := '{}';
+BEGIN
+    -- The claim: exactly one settlement (or release) of an ACTIVE reservation changes anything.
+    UPDATE metering_usagereservation
+    SET status = p_reservation_status, settled_at = p_now, response_status = p_response_status,
+        response_body = p_response_body,
+        idempotency_key = CASE WHEN p_free_key THEN NULL ELSE idempotency_key END
+    WHERE id = p_reservation AND status = 'ACTIVE'
+    RETURNING request_id, tenant_id, user_id, task_id, enforcement_mode, created_at INTO res;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+
+    SELECT f.code INTO v_feature FROM catalog_task t JOIN catalog_feature f ON f.id = t.feature_id
+    WHERE t.id = res.task_id;
+
+    PERFORM 1 FROM metering_usagemeter
+    WHERE id IN (SELECT meter_id FROM metering_usagehold WHERE reservation_id = p_reservation)
+    ORDER BY id FOR UPDATE;
+
+    FOR r IN
+        UPDATE metering_usagemeter m
+        SET reserved = m.reserved - h.amount,
+            used = m.used + CASE m.metric WHEN 'TOKENS' THEN p_tokens_in + p_tokens_out
+                                          WHEN 'COST' THEN p_cost
+                                          WHEN 'API_CALLS' THEN p_api_calls
+                                          WHEN 'REQUESTS' THEN 1
+                                          ELSE 0 END,
+            updated_at = p_now
+        FROM metering_usagehold h
+        WHERE h.reservation_id = p_reservation AND m.id = h.meter_id
+        RETURNING m.id, m.metric, m.used, m.reserved, m.period_start, h.policy_key, h.limit_value
+    LOOP
+        IF r.policy_key = ANY(p_quota_keys) THEN
+            IF r.metric = 'TOKENS' THEN
+                v_remaining := LEAST(COALESCE(v_remaining, r.limit_value - r.used - r.reserved),
+                                     r.limit_value - r.used - r.reserved);
+            END IF;
+            v_added := CASE r.metric WHEN 'TOKENS' THEN p_tokens_in + p_tokens_out WHEN 'COST' THEN p_cost
+                                     WHEN 'API_CALLS' THEN p_api_calls WHEN 'REQUESTS' THEN 1 ELSE 0 END;
+            v_before := r.used - v_added;
+            -- Crossing 80 % warns, crossing 100 % says exceeded: once per meter, kind and period.
+            IF r.limit_value > 0 AND v_added > 0 AND v_before < r.limit_value * 80 / 100
+               AND r.limit_value * 80 / 100 <= r.used THEN
+                INSERT INTO metering_quotaalert (tenant_id, meter_id, kind, period_start, policy_key, limit_value,
+                                                 observed_value, created_at)
+                VALUES (res.tenant_id, r.id, 'QUOTA_WARNING', r.period_start, r.policy_key, r.limit_value, r.used,
+                        p_now)
+                ON CONFLICT DO NOTHING RETURNING id INTO v_alert;
+                IF v_alert IS NOT NULL THEN v_alerts := v_alerts || v_alert; v_alert := NULL; END IF;
+            END IF;
+            IF r.limit_value > 0 AND v_added > 0 AND v_before < r.limit_value AND r.limit_value <= r.used THEN
+                INSERT INTO metering_quotaalert (tenant_id, meter_id, kind, period_start, policy_key, limit_value,
+                                                 observed_value, created_at)
+                VALUES (res.tenant_id, r.id, 'QUOTA_EXCEEDED', r.period_start, r.policy_key, r.limit_value, r.used,
+                        p_now)
+                ON CONFLICT DO NOTHING RETURNING id INTO v_alert;
+                IF v_alert IS NOT NULL THEN v_alerts := v_alerts || v_alert; v_alert := NULL; END IF;
+            END IF;
+        END IF;
+    END LOOP;
+
+    INSERT INTO metering_usagelog (request_id, reservation_id, tenant_id, user_id, task_id, feature_code, provider,
+                                   model_name, model_class, tokens_in, tokens_out, api_calls, cost_micro_usd,
+                                   latency_ms, status, error_code, enforcement_mode, would_refuse_code,
+                                   usage_estimated, attempts, admitted_at, created_at)
+    VALUES (res.request_id, p_reservation, res.tenant_id, res.user_id, res.task_id, v_feature, p_provider,
+            p_model_name, p_model_class, p_tokens_in, p_tokens_out, p_api_calls, p_cost, p_latency_ms, p_status,
+            p_error_code, res.enforcement_mode, p_would_refuse, p_estimated, p_attempts, res.created_at, p_now)
+    RETURNING id INTO v_log;
+
+    INSERT INTO metering_usagedaily AS d (tenant_id, user_id, task_id, model_name, day, requests, refused,
+                                          tokens_in, tokens_out, api_calls, cost_micro_usd)
+    VALUES (res.tenant_id, res.user_id, res.task_id, p_model_name, (res.created_at AT TIME ZONE 'UTC')::date, 1, 0,
+            p_tokens_in, p_tokens_out, p_api_calls, p_cost)
+    ON CONFLICT (tenant_id, user_id, task_id, model_name, day) DO UPDATE
+    SET requests = d.requests + 1, tokens_in = d.tokens_in + excluded.tokens_in,
+        tokens_out = d.tokens_out + excluded.tokens_out, api_calls = d.api_calls + excluded.api_calls,
+        cost_micro_usd = d.cost_micro_usd + excluded.cost_micro_usd;
+
+    RETURN jsonb_build_object(
+        'log_id', v_log, 'request_id', res.request_id, 'tenant_id', res.tenant_id, 'user_id', res.user_id,
+        'task_id', res.task_id, 'feature_code', v_feature, 'enforcement_mode', res.enforcement_mode,
+        'admitted_at', res.created_at, 'alerts', to_jsonb(v_alerts),
+        'remaining', CASE WHEN v_remaining IS NULL THEN NULL ELSE GREATEST(v_remaining, 0) END);
+END
+$fn$;
+"""
+
+
+def install_pg_functions(*, using: str = "default", **_: Any) -> None:
+    from django.db import connections
+
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(ADMIT + SETTLE, None)
