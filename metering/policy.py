@@ -185,6 +185,9 @@ class _Resolver:
     def __init__(self, rules: list[RuleView], context: TenantContext, task: TaskInfo, now: datetime,
                  usage_unavailable: bool = False) -> None:
         self.rules = [r for r in rules if r.applies_at(now)]
+        self._by_key: dict[str, list[RuleView]] = {}
+        for rule in self.rules:
+            self._by_key.setdefault(rule.key, []).append(rule)
         self.context = context
         self.task = task
         self.now = now
@@ -208,14 +211,14 @@ class _Resolver:
         return max(candidates, key=rank)
 
     def per_request(self, key: str) -> Limit | None:
-        rule = self._best([r for r in self.rules if r.key == key and r.task_id in (None, self.task.id)])
+        rule = self._best([r for r in self._by_key.get(key, ()) if r.task_id in (None, self.task.id)])
         if rule is None:
             return None
         return Limit(key, rule.value, rule.source(), self.task.code if rule.task_id else None)
 
     def metered(self, key: str, *, task_specific: bool, with_conditions: bool = True) -> Limit | None:
         task_id = self.task.id if task_specific else None
-        candidates = [r for r in self.rules if r.key == key and r.task_id == task_id]
+        candidates = [r for r in self._by_key.get(key, ()) if r.task_id == task_id]
         if not with_conditions:
             candidates = [r for r in candidates if not r.when_quota_key]
         rule = self._best(candidates) if with_conditions else (
@@ -253,7 +256,7 @@ class _Resolver:
 # Usage conditions read the caller's meters. A per-process snapshot, at most
 # POLICY_USAGE_CACHE_SECONDS old, spares the hot path that query: a condition only throttles
 # (smaller max_tokens_out, cheaper classes), while the quotas themselves are enforced exactly by
-# admission's conditional holds. This process's own settlements drop the tenant's snapshot at once.
+# admission's conditional holds.
 _usage_snapshots: dict[int, dict[int, tuple[float, datetime, dict[tuple, int]]]] = {}
 
 

@@ -34,7 +34,7 @@ from metering.models import (
     Window,
 )
 from metering.periods import period_start, seconds_until_reset
-from metering.policy import EnforcementDecision, HoldSpec, usage_snapshot_forget
+from metering.policy import EnforcementDecision, HoldSpec
 from metering.policy_keys import POLICY_KEYS, KeyKind
 from tenants.audit import audit_record, changed_fields
 
@@ -314,7 +314,6 @@ def usage_settle(*, reservation_id: uuid.UUID, outcome: CallOutcome, now: dateti
     if log is None:
         logger.warning("settle skipped: reservation %s is not active (already settled or expired)", reservation_id)
         return None
-    usage_snapshot_forget(tenant_id=log.tenant_id)  # this process sees its own usage at once
     _log_line(log, decision="allowed")
     return log
 
