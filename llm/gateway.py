@@ -205,6 +205,9 @@ def _settle(admitted: _Admitted, context: TenantContext, request_id: str, outcom
         if admitted.admission is not None:
             log = metering.usage_settle(reservation_id=admitted.admission.reservation_id, outcome=outcome)
             return log.quota_tokens_remaining if log is not None else None
+    except metering.ReservationLost:
+        # Whatever the mode: the call ran and must be charged; the spool replays it exactly once.
+        logger.error("reservation of %s lost in a database crash; spooling its usage", request_id)
     except DatabaseError:
         if admitted.mode == "HARD":
             raise

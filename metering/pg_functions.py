@@ -36,6 +36,13 @@ DECLARE
     v_alert bigint;
     r record;
 BEGIN
+    -- Holds are leases, not the ledger: this commit need not wait for the WAL flush (the meter
+    -- locks are released sooner, which is what bounds throughput on a busy tenant). A database
+    -- crash can lose at most the last moments of admissions, all their rows together; the
+    -- settlement of such a call finds its reservation missing and the gateway spools the usage,
+    -- which is replayed into the ledger exactly once. Settlement itself commits durably, and its
+    -- WAL flush covers every earlier admission.
+    PERFORM set_config('synchronous_commit', 'off', true);
     IF p_ensure_meters THEN
         -- Only when an earlier call found a meter missing (a new period, a first call): creating
         -- rows before any lock is taken keeps the lock order below strictly by id.
@@ -141,7 +148,10 @@ BEGIN
     WHERE id = p_reservation AND status = 'ACTIVE'
     RETURNING request_id, tenant_id, user_id, task_id, enforcement_mode, created_at INTO res;
     IF NOT FOUND THEN
-        RETURN NULL;
+        IF NOT EXISTS (SELECT 1 FROM metering_usagereservation WHERE id = p_reservation) THEN
+            RETURN jsonb_build_object('status', 'lost');  -- its admission was lost in a database crash
+        END IF;
+        RETURN NULL;  -- settled, released or expired already: idempotent
     END IF;
 
     SELECT f.code INTO v_feature FROM catalog_task t JOIN catalog_feature f ON f.id = t.feature_id

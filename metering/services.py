@@ -50,6 +50,11 @@ class IdempotencyInFlight(Exception):
     """Another request with the same Idempotency-Key holds the key; the caller waits for its result."""
 
 
+class ReservationLost(Exception):
+    """The reservation does not exist (its admission was lost in a database crash): the caller
+    must keep the usage another way (the spool)."""
+
+
 @dataclass
 class Admission:
     reservation_id: uuid.UUID
@@ -325,6 +330,8 @@ def _settle_pg(*, reservation_id: uuid.UUID, outcome: CallOutcome, now: datetime
                                  free_key=free_key, outcome=outcome, quota_keys=QUOTA_KEYS)
     if result is None:
         return None
+    if result.get("status") == "lost":
+        raise ReservationLost(str(reservation_id))
     _alerts_notify(result["alerts"])
     log = UsageLog(
         pk=result["log_id"], request_id=result["request_id"], reservation_id=reservation_id,
@@ -416,8 +423,12 @@ def _quota_alerts(*, reservation: UsageReservation, holds: list[UsageHold], outc
 
 def _release(*, reservation_id: uuid.UUID, status: str, error_code: str, now: datetime) -> bool:
     if connection.vendor == "postgresql":
-        log = _settle_pg(reservation_id=reservation_id, outcome=CallOutcome(
-            status=UsageLog.Status.EXPIRED, error_code=error_code), now=now, reservation_status=status, free_key=True)
+        try:
+            log = _settle_pg(reservation_id=reservation_id, outcome=CallOutcome(
+                status=UsageLog.Status.EXPIRED, error_code=error_code), now=now, reservation_status=status,
+                free_key=True)
+        except ReservationLost:
+            return False
         if log is None:
             return False
         _log_line(log, decision=error_code)

@@ -388,7 +388,7 @@ def test_admission_survives_stale_cached_meter_ids(tenant_admin):
 
     from metering.models import UsageMeter
     from metering.policy import policy_evaluate
-    from metering.services import CallOutcome, meters_reconcile, usage_admit, usage_settle
+    from metering.services import CallOutcome, usage_admit, usage_settle
     from tenants.selectors import identity_resolve
 
     user = tenant_admin.user

@@ -1,0 +1,80 @@
+"""PostgreSQL's one-call admission and settlement (metering/pg_functions.py): the cases only that path
+has. Everything else about admission and settlement is tested on both databases elsewhere."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from llm import gateway
+from metering import services
+from metering.models import UsageHold, UsageLog, UsageReservation
+from metering.spool import spool_pending, spool_replay
+from tenants.selectors import identity_resolve
+
+
+@pytest.fixture(autouse=True)
+def _postgres_only(db, settings, tmp_path):
+    if connection.vendor != "postgresql":
+        if os.environ.get("CI"):
+            pytest.fail("CI runs these on PostgreSQL (set DATABASE_URL).")
+        pytest.skip("needs PostgreSQL: set DATABASE_URL (CI does)")
+    settings.METERING_SPOOL_DIR = tmp_path / "spool"
+
+
+def _context(user):
+    return identity_resolve(user_id=user.pk, tenant_id=user.tenant_id, ati_id=user.tenant.signup_ati_token_id)
+
+
+def _admit(user, request_id: str) -> gateway._Admitted:
+    chat = gateway._parse({"messages": [{"role": "user", "content": "a hinge"}], "max_tokens": 50})
+    admitted = gateway._admit(_context(user), "LLM2_DRAFT", chat, 20, request_id, None, "print")
+    assert isinstance(admitted, gateway._Admitted)
+    return admitted
+
+
+def _lose_admission(reservation_id: uuid.UUID) -> None:
+    """What a database crash does to an admission whose commit never reached the disk: every row it
+    wrote is gone, together."""
+    UsageHold.objects.filter(reservation_id=reservation_id).delete()
+    UsageReservation.objects.filter(pk=reservation_id).delete()
+    services.meters_reconcile(fix=True)  # the meters' holds, as they were before it
+
+
+def test_settling_a_reservation_that_never_existed_raises_and_settling_twice_is_a_no_op(tenant_admin):
+    outcome = services.CallOutcome(status="SUCCESS", tokens_in=1, tokens_out=1, api_calls=1)
+    with pytest.raises(services.ReservationLost):
+        services.usage_settle(reservation_id=uuid.uuid4(), outcome=outcome)
+    admitted = _admit(tenant_admin.user, "req-twice")
+    assert services.usage_settle(reservation_id=admitted.admission.reservation_id, outcome=outcome) is not None
+    assert services.usage_settle(reservation_id=admitted.admission.reservation_id, outcome=outcome) is None
+    assert UsageLog.objects.filter(request_id="req-twice").count() == 1
+
+
+def test_a_call_whose_admission_was_lost_is_spooled_and_charged_exactly_once(tenant_admin):
+    admitted = _admit(tenant_admin.user, "req-lost")
+    _lose_admission(admitted.admission.reservation_id)
+    outcome = services.CallOutcome(status="SUCCESS", provider="offline", model_name="offline-draft",
+                                   model_class="PRO_M", tokens_in=20, tokens_out=33, api_calls=1,
+                                   cost_micro_usd=77)
+
+    assert gateway._settle(admitted, _context(tenant_admin.user), "req-lost", outcome) is None
+    assert spool_pending() == 1 and not UsageLog.objects.filter(request_id="req-lost").exists()
+    assert spool_replay() == 1
+    assert spool_replay() == 0
+    log = UsageLog.objects.get(request_id="req-lost")
+    assert (log.tokens_in, log.tokens_out, log.cost_micro_usd, log.status) == (20, 33, 77, "SUCCESS")
+    assert services.meters_reconcile() == []
+
+
+def test_expiry_of_a_lost_reservation_changes_nothing(tenant_admin):
+    admitted = _admit(tenant_admin.user, "req-lost-expiry")
+    _lose_admission(admitted.admission.reservation_id)
+    assert not services.reservation_release(reservation_id=admitted.admission.reservation_id)
+    assert services.reservations_expire(now=timezone.now() + timedelta(hours=1)) == 0
+    assert services.meters_reconcile() == []
