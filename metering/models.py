@@ -132,7 +132,7 @@ class UsageReservation(models.Model):
         EXPIRED = "EXPIRED", "Expired"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    request_id = models.CharField(max_length=64, unique=True)
+    request_id = models.CharField(max_length=64)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="reservations")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reservations")
     task = models.ForeignKey(Task, on_delete=models.PROTECT)
@@ -148,6 +148,9 @@ class UsageReservation(models.Model):
 
     class Meta:
         constraints = [
+            # A constraint rather than unique=True: PostgreSQL then gets no second, pattern-ops
+            # index on request_id that no query uses but every admission writes.
+            models.UniqueConstraint(fields=["request_id"], name="uniq_reservation_request_id"),
             models.UniqueConstraint(
                 fields=["tenant", "idempotency_key"],
                 condition=Q(idempotency_key__isnull=False),
@@ -161,7 +164,10 @@ class UsageReservation(models.Model):
 
 
 class UsageHold(models.Model):
-    reservation = models.ForeignKey(UsageReservation, on_delete=models.CASCADE, related_name="holds")
+    # No index of its own: the unique (reservation, meter) index serves lookups by reservation, and
+    # every metered call writes several holds (each index is written on the hot path).
+    reservation = models.ForeignKey(UsageReservation, on_delete=models.CASCADE, related_name="holds",
+                                    db_index=False)
     meter = models.ForeignKey(UsageMeter, on_delete=models.CASCADE, related_name="holds")
     amount = models.BigIntegerField()
     policy_key = models.CharField(max_length=64)
@@ -187,11 +193,12 @@ class UsageLog(models.Model):
         REFUSED = "REFUSED", "Refused"
         EXPIRED = "EXPIRED", "Expired"
 
-    request_id = models.CharField(max_length=64, unique=True)
+    request_id = models.CharField(max_length=64)
     reservation = models.OneToOneField(
         UsageReservation, null=True, blank=True, on_delete=models.SET_NULL, related_name="log"
     )
-    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_logs")
+    # Indexed by (tenant, admitted_at) below; a separate tenant index would only cost writes.
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_logs", db_index=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="usage_logs")
     task = models.ForeignKey(Task, on_delete=models.PROTECT)
     feature_code = models.CharField(max_length=64)
@@ -220,6 +227,7 @@ class UsageLog(models.Model):
 
     class Meta:
         constraints = [
+            models.UniqueConstraint(fields=["request_id"], name="uniq_usagelog_request_id"),
             models.CheckConstraint(
                 condition=Q(tokens_in__gte=0, tokens_out__gte=0, api_calls__gte=0, cost_micro_usd__gte=0),
                 name="usagelog_amounts_non_negative",
