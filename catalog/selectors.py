@@ -70,6 +70,11 @@ def _tasks() -> dict[str, TaskInfo]:
     return _cached("tasks", build)
 
 
+def tasks_cached() -> dict[str, TaskInfo] | None:
+    """Every task by code if cached, else None: no database, safe on an event loop."""
+    return catalog_cache.peek("tasks")
+
+
 def task_get(code: str) -> TaskInfo | None:
     return _tasks().get(code)
 
@@ -90,6 +95,16 @@ def plan_entitlements(plan_id: int) -> PlanEntitlements:
         return PlanEntitlements(feature_ids=features, model_classes=classes)
 
     return _cached(f"plan:{plan_id}", build)
+
+
+def plan_entitlements_cached(plan_id: int) -> PlanEntitlements | None:
+    """`plan_entitlements` if cached, else None: no database, safe on an event loop."""
+    return catalog_cache.peek(f"plan:{plan_id}")
+
+
+def provider_models_cached() -> list[ModelInfo] | None:
+    """`provider_models_active` if cached, else None: no database, safe on an event loop."""
+    return catalog_cache.peek("provider-models")
 
 
 def provider_models_active() -> list[ModelInfo]:

@@ -70,6 +70,22 @@ class GenerationCache:
             self._local[local_key] = value
         return value
 
+    def peek(self, key: str) -> Any:
+        """The value if this process or the shared cache holds it, else None; never builds it, so it
+        never touches the database (safe on an event loop). Values are never None."""
+        generation = self.generation()
+        try:
+            return self._local[(generation, key)]
+        except KeyError:
+            pass
+        value = cache.get(f"{self.name}:{generation}:{key}")
+        if value is not None:
+            with self._lock:
+                if len(self._local) >= self.max_local:
+                    self._local.clear()
+                self._local[(generation, key)] = value
+        return value
+
     def clear_local(self) -> None:
         """Forget the local copies (tests: the shared cache was cleared under us)."""
         with self._lock:

@@ -1,6 +1,16 @@
-"""Bearer-JWT identity for the async (non-DRF) metered endpoints; same checks as the DRF API."""
+"""Bearer-JWT identity for the async (non-DRF) metered endpoints; same checks as the DRF API.
+
+Both steps are cheap on a hit and run on the event loop: the token's signature is verified once
+per token string (a bounded LRU of verified claims; expiry is checked on every call), and the
+identity comes from the shared cache in one round trip. Only a miss hops to a thread for the
+database (`db_step`): sync ORM calls are not allowed on the loop.
+"""
 
 from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
 
 from django.http import HttpRequest
 from rest_framework_simplejwt.exceptions import TokenError
@@ -8,18 +18,62 @@ from rest_framework_simplejwt.tokens import AccessToken
 
 from gateway_project.errors import AuthenticationFailed
 from llm.db import db_step
-from tenants.authentication import context_from_token
-from tenants.selectors import TenantContext
+from tenants.authentication import identity_claims
+from tenants.selectors import TenantContext, identity_cached, identity_resolve
+
+TOKEN_MEMO_MAX = 4096
+
+# raw token -> (expired from this epoch time on, user id, tenant id, ATI id). Only tokens whose
+# signature verified get in. (A lock: WSGI deployments run async views on several threads.)
+_verified: OrderedDict[str, tuple[float, int, int | None, str | None]] = OrderedDict()
+_lock = threading.Lock()
+
+
+def _invalid() -> AuthenticationFailed:
+    return AuthenticationFailed("The access token is invalid or expired.", code="token_not_valid")
+
+
+def token_memo_clear() -> None:
+    with _lock:
+        _verified.clear()
+
+
+def _claims(raw: str) -> tuple[int, int | None, str | None]:
+    with _lock:
+        entry = _verified.get(raw)
+        if entry is not None:
+            _verified.move_to_end(raw)
+    if entry is None:
+        try:
+            token = AccessToken(raw)
+        except TokenError:
+            raise _invalid() from None
+        leeway = token.get_token_backend().get_leeway().total_seconds()
+        entry = (float(token["exp"]) + leeway, *identity_claims(token))
+        with _lock:
+            _verified[raw] = entry
+            if len(_verified) > TOKEN_MEMO_MAX:
+                _verified.popitem(last=False)
+    if entry[0] <= time.time():  # what simplejwt's check_exp decides: exp <= now - leeway
+        with _lock:
+            _verified.pop(raw, None)
+        raise _invalid()
+    return entry[1:]
+
+
+async def authenticate(authorization: str) -> TenantContext:
+    """The caller's identity from an `Authorization` header value."""
+    scheme, _, raw = authorization.partition(" ")
+    raw = raw.strip()
+    if scheme.lower() != "bearer" or not raw:
+        raise AuthenticationFailed("Send an access token as 'Authorization: Bearer <token>'.",
+                                   code="not_authenticated")
+    user_id, tenant_id, ati_id = _claims(raw)
+    context = identity_cached(user_id=user_id, tenant_id=tenant_id, ati_id=ati_id)
+    if context is None:
+        context = await db_step(identity_resolve)(user_id=user_id, tenant_id=tenant_id, ati_id=ati_id)
+    return context
 
 
 async def authenticate_request(request: HttpRequest) -> TenantContext:
-    header = request.headers.get("Authorization", "")
-    scheme, _, raw = header.partition(" ")
-    if scheme.lower() != "bearer" or not raw.strip():
-        raise AuthenticationFailed("Send an access token as 'Authorization: Bearer <token>'.",
-                                   code="not_authenticated")
-    try:
-        token = AccessToken(raw.strip())
-    except TokenError:
-        raise AuthenticationFailed("The access token is invalid or expired.", code="token_not_valid") from None
-    return await db_step(context_from_token)(token)
+    return await authenticate(request.headers.get("Authorization", ""))

@@ -9,16 +9,20 @@ from rest_framework_simplejwt.tokens import Token
 from tenants.selectors import TenantContext, identity_resolve
 
 
-def context_from_token(validated_token: Token) -> TenantContext:
+def identity_claims(validated_token: Token) -> tuple[int, int | None, str | None]:
+    """(user id, tenant id, ATI id) of a verified token, for `identity_resolve`."""
     try:
         user_id = int(validated_token["sub"])
     except (KeyError, TypeError, ValueError):
         from gateway_project.errors import AuthenticationFailed
 
         raise AuthenticationFailed("The token has no valid subject.", code="claims_missing") from None
-    return identity_resolve(
-        user_id=user_id, tenant_id=validated_token.get("tenant_id"), ati_id=validated_token.get("ati_id")
-    )
+    return user_id, validated_token.get("tenant_id"), validated_token.get("ati_id")
+
+
+def context_from_token(validated_token: Token) -> TenantContext:
+    user_id, tenant_id, ati_id = identity_claims(validated_token)
+    return identity_resolve(user_id=user_id, tenant_id=tenant_id, ati_id=ati_id)
 
 
 class TenantJWTAuthentication(JWTAuthentication):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,14 +50,56 @@ def identity_cache_invalidate(*, tenant_id: int) -> None:
     cache.set(_generation_key(tenant_id), uuid.uuid4().hex, None)
 
 
-def _cache_key(*, user_id: int, tenant_id: int, ati_id: str) -> str:
-    generation = cache.get(_generation_key(tenant_id))
-    if generation is None:
-        generation = uuid.uuid4().hex
-        # add(): two processes racing here agree on one generation.
-        cache.add(_generation_key(tenant_id), generation, None)
-        generation = cache.get(_generation_key(tenant_id), generation)
-    return f"identity:{tenant_id}:{generation}:{user_id}:{ati_id}"
+def _entry_key(*, user_id: int, tenant_id: int, ati_id: str) -> str:
+    return f"identity:{tenant_id}:{user_id}:{ati_id}"
+
+
+# An entry in the shared cache is (generation it was built under, pickled TenantContext): one
+# round trip fetches it with the tenant's current generation, and it counts only if the two agree.
+# The pickle stays bytes in the entry so that a hit need not rebuild the User model: this process
+# keeps the unpickled context of the blob it last saw per entry key (contexts are read-only).
+_MEMO_MAX = 10_000
+_memo: dict[str, tuple[bytes, TenantContext]] = {}
+_memo_lock = threading.Lock()
+
+
+def identity_memo_clear() -> None:
+    with _memo_lock:
+        _memo.clear()
+
+
+def _unpickled(key: str, blob: bytes) -> TenantContext:
+    memo = _memo.get(key)
+    if memo is not None and memo[0] == blob:
+        return memo[1]
+    context: TenantContext = pickle.loads(blob)
+    with _memo_lock:
+        if len(_memo) >= _MEMO_MAX:
+            _memo.clear()
+        _memo[key] = (blob, context)
+    return context
+
+
+def _lookup(*, user_id: int, tenant_id: int, ati_id: str) -> tuple[TenantContext | None, str | None]:
+    """(the cached context or None, the tenant's current generation or None) in one cache round trip."""
+    key = _entry_key(user_id=user_id, tenant_id=tenant_id, ati_id=ati_id)
+    generation_key = _generation_key(tenant_id)
+    values = cache.get_many([generation_key, key])
+    generation, entry = values.get(generation_key), values.get(key)
+    if generation is None or not isinstance(entry, tuple) or entry[0] != generation:
+        return None, generation
+    return _unpickled(key, entry[1]), generation
+
+
+def _check_cached(context: TenantContext) -> TenantContext:
+    if context.ati_expires_at is not None and context.ati_expires_at <= timezone.now():
+        raise Forbidden("The tenant's ATI token has expired.", code="ati_token_expired")
+    return context
+
+
+def _claims_check(tenant_id: int | None, ati_id: str | None) -> None:
+    if tenant_id is None or not ati_id:
+        raise AuthenticationFailed("The token does not carry tenant and ATI claims.", code="claims_missing")
 
 
 def _resolve_from_db(*, user_id: int, tenant_id: int, ati_id: str) -> TenantContext:
@@ -93,17 +137,30 @@ def _resolve_from_db(*, user_id: int, tenant_id: int, ati_id: str) -> TenantCont
     )
 
 
+def identity_cached(*, user_id: int, tenant_id: int | None, ati_id: str | None) -> TenantContext | None:
+    """The identity if the shared cache holds a current one, else None (resolve it with
+    `identity_resolve`). Touches only the cache, never the database: safe on an event loop."""
+    _claims_check(tenant_id, ati_id)
+    context, _ = _lookup(user_id=user_id, tenant_id=tenant_id, ati_id=ati_id)
+    return _check_cached(context) if context is not None else None
+
+
 def identity_resolve(*, user_id: int, tenant_id: int | None, ati_id: str | None) -> TenantContext:
     """Check every link of the chain user -> tenant -> ATI token -> plan (cached, invalidated on change)."""
-    if tenant_id is None or not ati_id:
-        raise AuthenticationFailed("The token does not carry tenant and ATI claims.", code="claims_missing")
-    key = _cache_key(user_id=user_id, tenant_id=tenant_id, ati_id=ati_id)
-    context: TenantContext | None = cache.get(key)
-    if context is None:
-        context = _resolve_from_db(user_id=user_id, tenant_id=tenant_id, ati_id=ati_id)
-        cache.set(key, context, settings.IDENTITY_CACHE_SECONDS)
-    elif context.ati_expires_at is not None and context.ati_expires_at <= timezone.now():
-        raise Forbidden("The tenant's ATI token has expired.", code="ati_token_expired")
+    _claims_check(tenant_id, ati_id)
+    context, generation = _lookup(user_id=user_id, tenant_id=tenant_id, ati_id=ati_id)
+    if context is not None:
+        return _check_cached(context)
+    if generation is None:
+        # add(): two processes racing here agree on one generation.
+        cache.add(_generation_key(tenant_id), uuid.uuid4().hex, None)
+        generation = cache.get(_generation_key(tenant_id))
+    # The generation was read before the database: if the rows change (and the generation moves)
+    # while we read them, the entry is stored under the old generation and never served.
+    context = _resolve_from_db(user_id=user_id, tenant_id=tenant_id, ati_id=ati_id)
+    if generation is not None:
+        key = _entry_key(user_id=user_id, tenant_id=tenant_id, ati_id=ati_id)
+        cache.set(key, (generation, pickle.dumps(context, pickle.HIGHEST_PROTOCOL)), settings.IDENTITY_CACHE_SECONDS)
     return context
 
 
