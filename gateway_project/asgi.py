@@ -5,7 +5,22 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_project.settings")
 
-# Every middleware is async-capable, so metered calls stay on the event loop (no thread per call).
-# Static files (admin, console) are served here for the embedded default; production may put a
-# CDN or reverse proxy in front of /static/.
-application = ASGIStaticFilesHandler(get_asgi_application())
+django_application = get_asgi_application()  # sets Django up: import the rest after it
+
+from django.conf import settings  # noqa: E402
+from django.core.cache import caches  # noqa: E402
+
+from llm.asgi import MeteredApi  # noqa: E402
+
+# One cache client (and so one Redis connection pool) per process. Django keeps cache clients in
+# a context-local: a request task that starts without one builds its own, with a new pool, and
+# opens a new Redis connection for every request. Created here, during the server's start-up,
+# it is in the context every request task inherits (and that db_step threads copy).
+for alias in settings.CACHES:
+    caches[alias]
+
+# The metered API (POST /v1/{TASK}/chat/completions, GET /v1/{TASK}/models) is served by a small
+# pure-ASGI app on the event loop, with the same endpoint code as the Django views; everything
+# else goes through Django. Static files (admin, console) are served here for the embedded
+# default; production may put a CDN or reverse proxy in front of /static/.
+application = MeteredApi(ASGIStaticFilesHandler(django_application))

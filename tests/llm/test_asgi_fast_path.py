@@ -1,0 +1,272 @@
+"""The pure-ASGI fast path (`llm/asgi.py`) in front of Django: the metered endpoints answer exactly as
+the Django views do (same endpoint code), without going through Django; everything else still does.
+
+Requests go to `gateway_project.asgi.application`, what uvicorn serves, through httpx's ASGI
+transport or, where the client must vanish mid-call, a hand-driven ASGI exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from django.core.signals import request_started
+
+from gateway_project.asgi import application
+from llm import gateway
+from metering.models import UsageLog, UsageReservation
+from metering.services import meters_reconcile
+from tenants.tokens import tokens_for_user
+from tests.conftest import Persona, assert_error
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TASK = "LLM2_DRAFT"
+URL = f"/v1/{TASK}/chat/completions"
+MESSAGES = [{"role": "user", "content": "Describe a widget"}]
+BODY = {"model": "auto", "messages": MESSAGES, "max_tokens": 50}
+
+
+@pytest.fixture
+def django_requests():
+    """How many requests Django's own handler saw (the fast path sends no request signals)."""
+    seen: list[object] = []
+
+    def count(sender, **kwargs) -> None:
+        seen.append(sender)
+
+    request_started.connect(count)
+    yield seen
+    request_started.disconnect(count)
+
+
+def bearer(persona: Persona) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens_for_user(persona.user)['access']}"}
+
+
+def send(method: str, path: str, **kwargs) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def assert_settled() -> None:
+    assert meters_reconcile() == []
+    assert not UsageReservation.objects.filter(status=UsageReservation.Status.ACTIVE).exists()
+
+
+def test_a_chat_call_is_served_without_django(tenant_admin, django_requests):
+    r = send("POST", URL, json=BODY, headers=bearer(tenant_admin))
+
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"]
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["x-request-id"] == body["id"].removeprefix("chatcmpl-")
+    assert int(r.headers["x-quota-tokens-remaining"]) > 0
+    # What Django's security middleware would have added.
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["x-frame-options"] == "DENY"
+    assert django_requests == []
+    log = UsageLog.objects.get()
+    assert (log.status, log.request_id) == ("SUCCESS", r.headers["x-request-id"])
+    assert_settled()
+
+
+def test_a_stream_is_served_without_django(tenant_admin, django_requests):
+    r = send("POST", URL, json={**BODY, "stream": True, "stream_options": {"include_usage": True}},
+             headers=bearer(tenant_admin))
+
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/event-stream"
+    assert r.headers["cache-control"] == "no-cache" and r.headers["x-accel-buffering"] == "no"
+    events = [line[6:] for line in r.text.split("\n\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    usage = json.loads(events[-2])["usage"]
+    assert django_requests == []
+    log = UsageLog.objects.get()
+    assert (log.status, log.tokens_out) == ("SUCCESS", usage["completion_tokens"])
+    assert_settled()
+
+
+def test_models_are_served_without_django(tenant_admin, django_requests):
+    r = send("GET", f"/v1/{TASK}/models", headers=bearer(tenant_admin))
+
+    assert r.status_code == 200
+    ids = {m["id"] for m in r.json()["data"]}
+    assert ids and all(m["object"] == "model" for m in r.json()["data"])
+    assert django_requests == []
+    assert ids == {m["id"] for m in tenant_admin.client.get(f"/v1/{TASK}/models").json()["data"]}
+
+
+@pytest.mark.parametrize(("headers", "status", "code"), [
+    ({}, 401, "not_authenticated"),
+    ({"Authorization": "Bearer not-a-jwt"}, 401, "token_not_valid"),
+])
+def test_authentication_errors_have_the_error_shape(tenant_admin, headers, status, code):
+    assert_error(send("POST", URL, json=BODY, headers=headers), status, code)
+
+
+def test_unknown_task_and_bad_json_have_the_error_shape(tenant_admin):
+    assert_error(send("POST", "/v1/LLM9_NOPE/chat/completions", json=BODY, headers=bearer(tenant_admin)), 404,
+                 "task_not_found")
+    assert_error(send("GET", "/v1/LLM9_NOPE/models", headers=bearer(tenant_admin)), 404, "task_not_found")
+    assert_error(send("POST", URL, content=b"{nope", headers=bearer(tenant_admin)), 400, "invalid_json")
+    assert_error(send("POST", URL, json=[1, 2], headers=bearer(tenant_admin)), 400, "invalid_body")
+    assert not UsageLog.objects.exists()
+
+
+def test_the_fast_path_and_the_django_view_answer_alike(tenant_admin):
+    for body in ({"messages": []}, {"messages": MESSAGES, "max_tokens": -1}):
+        fast = send("POST", URL, json=body, headers=bearer(tenant_admin))
+        django = tenant_admin.client.post(URL, body, format="json")
+        assert (fast.status_code, fast.json()) == (django.status_code, django.json())
+    refused = {"model": "no-such-model", "messages": MESSAGES}
+    fast = send("POST", URL, json=refused, headers=bearer(tenant_admin))
+    django = tenant_admin.client.post(URL, refused, format="json")
+    assert fast.status_code == django.status_code and fast.json() == django.json()
+    assert fast.headers["x-request-id"] != django["X-Request-ID"]  # each refusal is its own ledger row
+
+
+def test_an_oversize_body_is_413_without_being_read(tenant_admin, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    big = {**BODY, "messages": [{"role": "user", "content": "x" * 2000}]}
+    assert_error(send("POST", URL, json=big, headers=bearer(tenant_admin)), 413, "request_too_large")
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        for _ in range(3):
+            yield b" " * 600
+
+    assert_error(send("POST", URL, content=chunks(), headers=bearer(tenant_admin)), 413, "request_too_large")
+    # The Django view refuses it the same way.
+    assert_error(tenant_admin.client.post(URL, big, format="json"), 413, "request_too_large")
+    assert not UsageLog.objects.exists()
+
+
+def test_a_host_outside_allowed_hosts_is_refused(tenant_admin, settings):
+    settings.ALLOWED_HOSTS = ["gateway.example"]
+    assert_error(send("POST", URL, json=BODY, headers=bearer(tenant_admin)), 400, "disallowed_host")
+    r = send("POST", URL, json=BODY, headers={**bearer(tenant_admin), "Host": "gateway.example"})
+    assert r.status_code == 200
+
+
+def test_an_unexpected_error_is_a_logged_500_in_the_error_shape(tenant_admin, monkeypatch, caplog):
+    async def broken(**kwargs):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(gateway, "chat_completion", broken)
+    with caplog.at_level(logging.ERROR):
+        r = send("POST", URL, json=BODY, headers=bearer(tenant_admin))
+    body = assert_error(r, 500, "internal_error")
+    assert "secret" not in r.text and "Traceback" not in r.text
+    assert "secret internals" in caplog.text
+    assert body["error"]["type"] == "api_error"
+
+
+def test_everything_else_goes_to_django(tenant_admin, django_requests):
+    r = send("GET", URL, headers=bearer(tenant_admin))  # a wrong method: Django's view, same endpoint code
+    assert_error(r, 405, "method_not_allowed")
+    assert r.headers["allow"] == "POST"
+    assert_error(send("GET", "/v1/LLM2_DRAFT/nothing-here", headers=bearer(tenant_admin)), 404, "not_found")
+    assert send("GET", "/healthz").json() == {"status": "ok"}
+    assert send("GET", "/api/me/", headers=bearer(tenant_admin)).json()["user"]["username"] == "acme-admin"
+    assert len(django_requests) == 4
+
+
+async def _exchange(path: str, body: dict, token: str, *, hang_up: asyncio.Event,
+                    stall_after: int | None = None) -> list[dict]:
+    """One request through the ASGI app; the client disconnects once `hang_up` is set. With
+    `stall_after`, it stops reading after that many messages (the server's send blocks)."""
+    payload = json.dumps(body).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode()),
+                         (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+             "client": ("127.0.0.1", 5000), "server": ("testserver", 80)}
+    messages: list[dict] = []
+    body_sent = False
+
+    async def receive() -> dict:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": payload, "more_body": False}
+        await hang_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def send_(message: dict) -> None:
+        messages.append(message)
+        if stall_after is not None and len(messages) >= stall_after:
+            await asyncio.Event().wait()  # until the server gives up on us
+
+    await asyncio.wait_for(application(scope, receive, send_), 20)
+    return messages
+
+
+def test_a_client_gone_mid_stream_cancels_the_upstream_and_is_settled(tenant_admin, settings):
+    settings.OFFLINE_PROVIDER_LATENCY_MS = 4000  # a slow stream: ~40 words over 4 s
+    token = tokens_for_user(tenant_admin.user)["access"]
+    hang_up = asyncio.Event()
+
+    async def scenario() -> list[dict]:
+        exchange = asyncio.create_task(_exchange(URL, {**BODY, "max_tokens": 200, "stream": True}, token,
+                                                 hang_up=hang_up))
+        await asyncio.sleep(0.6)
+        hang_up.set()
+        return await exchange
+
+    messages = asyncio.run(scenario())
+
+    assert messages[0]["status"] == 200
+    received = b"".join(m.get("body", b"") for m in messages[1:])
+    assert received.count(b'"content":') >= 2 and b"[DONE]" not in received
+    log = UsageLog.objects.get()
+    assert (log.status, log.error_code) == ("CANCELLED", "client_disconnected")
+    assert 0 < log.tokens_out < 200  # charged for what was generated before the hang-up
+    assert_settled()
+
+
+def test_a_client_gone_during_a_plain_call_is_settled(tenant_admin, settings):
+    settings.OFFLINE_PROVIDER_LATENCY_MS = 3000
+    token = tokens_for_user(tenant_admin.user)["access"]
+    hang_up = asyncio.Event()
+
+    async def scenario() -> list[dict]:
+        exchange = asyncio.create_task(_exchange(URL, BODY, token, hang_up=hang_up))
+        await asyncio.sleep(0.3)
+        hang_up.set()
+        return await exchange
+
+    assert asyncio.run(scenario()) == []  # nobody to answer
+    log = UsageLog.objects.get()
+    assert (log.status, log.error_code) == ("CANCELLED", "client_disconnected")
+    assert_settled()
+
+
+def test_a_client_gone_while_the_server_waits_to_send_is_settled(tenant_admin, settings):
+    """The hang-up lands while the stream is parked between events (its send blocked): closing the
+    event generator is what settles the call then."""
+    settings.OFFLINE_PROVIDER_LATENCY_MS = 2000
+    token = tokens_for_user(tenant_admin.user)["access"]
+    hang_up = asyncio.Event()
+
+    async def scenario() -> list[dict]:
+        exchange = asyncio.create_task(_exchange(URL, {**BODY, "max_tokens": 200, "stream": True}, token,
+                                                 hang_up=hang_up, stall_after=3))
+        await asyncio.sleep(0.5)
+        hang_up.set()
+        return await exchange
+
+    messages = asyncio.run(scenario())
+
+    assert len(messages) == 3
+    log = UsageLog.objects.get()
+    assert (log.status, log.error_code) == ("CANCELLED", "client_disconnected")
+    assert_settled()
