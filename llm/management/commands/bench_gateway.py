@@ -41,9 +41,14 @@ def _port() -> int:
 @contextmanager
 def _serve(app: str, *, workers: int, env: dict[str, str]):
     port = _port()
+    # Keep-alive longer than the clients' (httpx and the SDK drop idle connections after 5 s): with
+    # uvicorn's default of 5 s too, a client now and then reuses a connection at the instant the
+    # server closes it and gets a ReadError, as behind a load balancer whose idle timeout is not
+    # shorter than the server's.
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-         "--no-access-log", "--log-level", "warning", "--backlog", "4096", "--limit-concurrency", "5000"],
+         "--no-access-log", "--log-level", "warning", "--backlog", "4096", "--limit-concurrency", "5000",
+         "--timeout-keep-alive", "30"],
         cwd=ROOT, env={**os.environ, **env}, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
