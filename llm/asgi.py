@@ -229,7 +229,10 @@ def _headers(scope: Scope, headers: dict[str, str], result: apis.ApiResponse,
 
 
 async def _send_json(send: Send, scope: Scope, headers: dict[str, str], result: apis.ApiResponse) -> None:
-    body = json.dumps(result.body, cls=DjangoJSONEncoder).encode()
+    try:
+        body = json.dumps(result.body).encode()  # the default encoder is the C one, set up once
+    except TypeError:  # a date or a Decimal: what JsonResponse would have written
+        body = json.dumps(result.body, cls=DjangoJSONEncoder).encode()
     out = _headers(scope, headers, result, _JSON)
     out.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": result.status, "headers": out})
