@@ -63,7 +63,12 @@ class ProviderConfig:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256((self.api_key or "").encode()).hexdigest()[:16] if self.api_key else "-"
+        return _key_fingerprint(self.api_key) if self.api_key else "-"
+
+
+@lru_cache(maxsize=64)
+def _key_fingerprint(api_key: str) -> str:  # asked for on every call of every candidate
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
 # --- builders (provider modules are imported lazily) ---------------------------------------------
