@@ -104,8 +104,9 @@ async def chat_with_fallback(
         timeout = min(settings.ROUTER_ATTEMPT_TIMEOUT_SECONDS, max(0.001, deadline - started))
         try:
             try:
-                result = await asyncio.wait_for(provider.chat(_request(model, messages, max_tokens, temperature)),
-                                                timeout)
+                # A timeout scope, not wait_for: no extra task per call (and per stream chunk below).
+                async with asyncio.timeout(timeout):
+                    result = await provider.chat(_request(model, messages, max_tokens, temperature))
             except TimeoutError:
                 raise ProviderTimeout(f"{model.provider} did not answer within {timeout:.0f} s") from None
         except ProviderError as error:
@@ -211,8 +212,8 @@ async def _with_deadline(deltas: AsyncIterator[StreamDelta], deadline: float) ->
     while True:
         remaining = deadline - time.monotonic()
         try:
-            delta = await asyncio.wait_for(iterator.__anext__(), max(0.001, min(
-                remaining, settings.ROUTER_ATTEMPT_TIMEOUT_SECONDS)))
+            async with asyncio.timeout(max(0.001, min(remaining, settings.ROUTER_ATTEMPT_TIMEOUT_SECONDS))):
+                delta = await iterator.__anext__()
         except StopAsyncIteration:
             return
         except TimeoutError:
