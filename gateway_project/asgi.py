@@ -15,7 +15,8 @@ from llm.asgi import MeteredApi  # noqa: E402
 # One cache client (and so one Redis connection pool) per process. Django keeps cache clients in
 # a context-local: a request task that starts without one builds its own, with a new pool, and
 # opens a new Redis connection for every request. Created here, during the server's start-up,
-# it is in the context every request task inherits (and that db_step threads copy).
+# it is in the context every request task inherits (and that db_step threads copy). Sharing it
+# between threads is safe for the backends configured here (Redis: a thread-safe pool; files).
 for alias in settings.CACHES:
     caches[alias]
 
