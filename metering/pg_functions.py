@@ -139,6 +139,10 @@ DECLARE
     v_log bigint;
     v_alert bigint;
     v_alerts bigint[] := '{}';
+    v_meters bigint[];
+    v_amounts bigint[];
+    v_keys text[];
+    v_limits bigint[];
 BEGIN
     -- The claim: exactly one settlement (or release) of an ACTIVE reservation changes anything.
     UPDATE metering_usagereservation
@@ -157,22 +161,27 @@ BEGIN
     SELECT f.code INTO v_feature FROM catalog_task t JOIN catalog_feature f ON f.id = t.feature_id
     WHERE t.id = res.task_id;
 
-    PERFORM 1 FROM metering_usagemeter
-    WHERE id IN (SELECT meter_id FROM metering_usagehold WHERE reservation_id = p_reservation)
-    ORDER BY id FOR UPDATE;
+    -- The holds by their reservation (its unique index), then the meters by id: plans that stay
+    -- right however many holds a meter has collected over time.
+    SELECT array_agg(h.meter_id ORDER BY h.meter_id), array_agg(h.amount ORDER BY h.meter_id),
+           array_agg(h.policy_key ORDER BY h.meter_id), array_agg(h.limit_value ORDER BY h.meter_id)
+    INTO v_meters, v_amounts, v_keys, v_limits
+    FROM metering_usagehold h WHERE h.reservation_id = p_reservation;
+
+    PERFORM 1 FROM metering_usagemeter WHERE id = ANY(v_meters) ORDER BY id FOR UPDATE;
 
     FOR r IN
         UPDATE metering_usagemeter m
-        SET reserved = m.reserved - h.amount,
+        SET reserved = m.reserved - x.amount,
             used = m.used + CASE m.metric WHEN 'TOKENS' THEN p_tokens_in + p_tokens_out
                                           WHEN 'COST' THEN p_cost
                                           WHEN 'API_CALLS' THEN p_api_calls
                                           WHEN 'REQUESTS' THEN 1
                                           ELSE 0 END,
             updated_at = p_now
-        FROM metering_usagehold h
-        WHERE h.reservation_id = p_reservation AND m.id = h.meter_id
-        RETURNING m.id, m.metric, m.used, m.reserved, m.period_start, h.policy_key, h.limit_value
+        FROM unnest(v_meters, v_amounts, v_keys, v_limits) AS x(id, amount, policy_key, limit_value)
+        WHERE m.id = x.id
+        RETURNING m.id, m.metric, m.used, m.reserved, m.period_start, x.policy_key, x.limit_value
     LOOP
         IF r.policy_key = ANY(p_quota_keys) THEN
             IF r.metric = 'TOKENS' THEN
