@@ -264,6 +264,37 @@ class _Prepared:
     started: float
 
 
+# Settlements started for calls whose client left mid-admission: referenced until done (the event
+# loop keeps only weak references to tasks).
+_orphan_settlements: set[asyncio.Future] = set()
+
+
+async def _admit_or_release(context: TenantContext, task_code: str, chat: ChatInput, tokens_in: int,
+                            request_id: str, idempotency_key: str | None, print_: str
+                            ) -> _Admitted | _Replay | _InFlight:
+    """`_admit` in a worker thread. A client that disconnects meanwhile cancels us, but not the
+    thread: its admission still commits, so it is settled as cancelled as soon as it does (else
+    its holds, a concurrency slot among them, would stay taken until the lease expired)."""
+    admission = asyncio.ensure_future(db_step(_admit)(context, task_code, chat, tokens_in, request_id,
+                                                      idempotency_key, print_))
+    try:
+        return await asyncio.shield(admission)
+    except asyncio.CancelledError:
+        def release(done: asyncio.Future) -> None:
+            if done.cancelled() or done.exception() is not None:
+                return
+            admitted = done.result()
+            if isinstance(admitted, _Admitted):
+                settling = asyncio.ensure_future(db_step(_settle)(
+                    admitted, context, request_id,
+                    calls.Spend().outcome(UsageLog.Status.CANCELLED, "client_disconnected")))
+                _orphan_settlements.add(settling)
+                settling.add_done_callback(_orphan_settlements.discard)
+
+        admission.add_done_callback(release)
+        raise
+
+
 async def _prepare(context: TenantContext, task_code: str, body: Any, idempotency_key: str | None
                    ) -> _Prepared | GatewayResponse:
     started = time.monotonic()
@@ -277,8 +308,8 @@ async def _prepare(context: TenantContext, task_code: str, body: Any, idempotenc
     print_ = fingerprint(task_code, body)
     wait_until = time.monotonic() + settings.IDEMPOTENCY_WAIT_SECONDS
     try:
-        while isinstance(admitted := await db_step(_admit)(context, task_code, chat, tokens_in, request_id,
-                                                           idempotency_key, print_), _InFlight):
+        while isinstance(admitted := await _admit_or_release(context, task_code, chat, tokens_in, request_id,
+                                                             idempotency_key, print_), _InFlight):
             # Waiting holds no thread and no connection: only a short lookup every 50 ms.
             if time.monotonic() > wait_until:
                 raise Conflict("A request with this Idempotency-Key is still running.",
@@ -372,12 +403,37 @@ async def chat_completion_stream(
     if isinstance(prepared, GatewayResponse):
         return prepared
     include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if isinstance(body, dict) else False
-    return _stream_events(prepared, context, include_usage), _headers(prepared, None)
+    metrics.IN_FLIGHT.labels(prepared.admitted.decision.task.code).inc()
+    return _Events(prepared, context, include_usage), _headers(prepared, None)
+
+
+class _Events:
+    """The events of one admitted stream. Closing it settles the call even if nobody ever
+    iterated it (the client left before the first byte): a generator that never started would
+    never run its `finally`, and the call's holds would wait for the lease to expire."""
+
+    def __init__(self, prepared: _Prepared, context: TenantContext, include_usage: bool) -> None:
+        self._prepared, self._context = prepared, context
+        self._events = _stream_events(prepared, context, include_usage)
+        self._started = False
+
+    def __aiter__(self) -> _Events:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self._started = True
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        if not self._started:
+            self._started = True
+            await _finish(self._prepared, self._context,
+                          calls.Spend().outcome(UsageLog.Status.CANCELLED, "client_disconnected"), shielded=True)
+        await self._events.aclose()
 
 
 async def _stream_events(prepared: _Prepared, context: TenantContext, include_usage: bool) -> AsyncIterator[bytes]:
     decision = prepared.admitted.decision
-    metrics.IN_FLIGHT.labels(decision.task.code).inc()
     spend, state = calls.Spend(), calls.StreamState()
     created = int(time.time())
     chunk_id = f"chatcmpl-{prepared.request_id}"

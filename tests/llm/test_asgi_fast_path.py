@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 
 import httpx
+import psycopg
 import pytest
 from django.core.signals import request_started
+from django.db import connection
 
 from gateway_project.asgi import application
 from llm import gateway
+from llm.db import db_step
 from metering.models import UsageLog, UsageReservation
 from metering.services import meters_reconcile
 from tenants.tokens import tokens_for_user
@@ -269,4 +273,67 @@ def test_a_client_gone_while_the_server_waits_to_send_is_settled(tenant_admin, s
     assert len(messages) == 3
     log = UsageLog.objects.get()
     assert (log.status, log.error_code) == ("CANCELLED", "client_disconnected")
+    assert_settled()
+
+
+def test_a_client_gone_before_the_first_event_is_settled(tenant_admin, settings):
+    """The hang-up lands before the event stream was ever iterated (the response start is still
+    being sent): closing the never-started stream settles the call, it does not wait for expiry."""
+    settings.OFFLINE_PROVIDER_LATENCY_MS = 2000
+    token = tokens_for_user(tenant_admin.user)["access"]
+    hang_up = asyncio.Event()
+
+    async def scenario() -> list[dict]:
+        exchange = asyncio.create_task(_exchange(URL, {**BODY, "stream": True}, token, hang_up=hang_up,
+                                                 stall_after=1))
+        await asyncio.sleep(0.5)
+        hang_up.set()
+        return await exchange
+
+    messages = asyncio.run(scenario())
+
+    assert [m["type"] for m in messages] == ["http.response.start"]
+    log = UsageLog.objects.get()
+    assert (log.status, log.error_code, log.tokens_out) == ("CANCELLED", "client_disconnected", 0)
+    assert_settled()
+
+
+def test_a_client_gone_while_its_admission_waits_for_a_lock_is_settled_when_it_commits(tenant_admin):
+    """Cancelling the request cannot stop the admission already running in its thread: when that
+    admission commits, the call is settled as cancelled at once (its concurrency slot freed)."""
+    if connection.vendor != "postgresql":
+        if os.environ.get("CI"):
+            pytest.fail("CI runs this on PostgreSQL (set DATABASE_URL).")
+        pytest.skip("needs PostgreSQL row locks: set DATABASE_URL (CI does)")
+    token = tokens_for_user(tenant_admin.user)["access"]
+    assert send("POST", URL, json=BODY, headers=bearer(tenant_admin)).status_code == 200  # meters exist now
+    params = connection.settings_dict
+    blocker = psycopg.connect(host=params["HOST"], port=params["PORT"] or 5432, user=params["USER"],
+                              password=params["PASSWORD"] or None, dbname=params["NAME"])
+    blocker.execute("SELECT id FROM metering_usagemeter WHERE tenant_id = %s FOR UPDATE", [tenant_admin.tenant.pk])
+    hang_up = asyncio.Event()
+
+    def cancelled_rows() -> int:
+        return UsageLog.objects.filter(status="CANCELLED").count()
+
+    async def scenario() -> tuple[list[dict], int]:
+        exchange = asyncio.create_task(_exchange(URL, BODY, token, hang_up=hang_up))
+        await asyncio.sleep(0.5)  # admission is waiting for the meters' locks
+        hang_up.set()
+        messages = await exchange
+        blocker.rollback()  # the admission commits now, after its client is gone
+        for _ in range(100):
+            if await db_step(cancelled_rows)():
+                break
+            await asyncio.sleep(0.05)
+        return messages, await db_step(cancelled_rows)()
+
+    try:
+        messages, cancelled = asyncio.run(scenario())
+    finally:
+        blocker.close()
+
+    assert messages == [] and cancelled == 1
+    log = UsageLog.objects.get(status="CANCELLED")
+    assert (log.error_code, log.tokens_in, log.tokens_out) == ("client_disconnected", 0, 0)
     assert_settled()
