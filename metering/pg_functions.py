@@ -32,9 +32,7 @@ DECLARE
     v_ids bigint[];
     v_idx int[];
     v_failed int[];
-    v_alerts bigint[] := '{}';
-    v_alert bigint;
-    r record;
+    v_alerts bigint[];
 BEGIN
     -- Holds are leases, not the ledger: this commit need not wait for the WAL flush (the meter
     -- locks are released sooner, which is what bounds throughput on a busy tenant). A database
@@ -92,29 +90,27 @@ BEGIN
         RETURN jsonb_build_object('status', 'in_flight');  -- another request holds this Idempotency-Key
     END IF;
 
-    FOR r IN
+    -- Set-based, one statement: take the holds, record the hold rows, and create the concurrency
+    -- alerts (90 % of the slots in use) once per meter, kind and period.
+    WITH taken AS (
         UPDATE metering_usagemeter m
         SET reserved = m.reserved + h_amount[x.i], updated_at = p_now
         FROM unnest(v_ids, v_idx) AS x(id, i)
         WHERE m.id = x.id
         RETURNING m.id, m.reserved, x.i
-    LOOP
-        IF h_metric[r.i] = 'CONCURRENT' AND h_limit[r.i] > 0 AND r.reserved * 100 >= h_limit[r.i] * 90 THEN
-            INSERT INTO metering_quotaalert (tenant_id, meter_id, kind, period_start, policy_key, limit_value,
-                                             observed_value, created_at)
-            VALUES (p_tenant, r.id, 'CONCURRENCY_LIMIT', p_alert_day, h_key[r.i], h_limit[r.i], r.reserved, p_now)
-            ON CONFLICT DO NOTHING
-            RETURNING id INTO v_alert;
-            IF v_alert IS NOT NULL THEN
-                v_alerts := v_alerts || v_alert;
-                v_alert := NULL;
-            END IF;
-        END IF;
-    END LOOP;
-
-    INSERT INTO metering_usagehold (reservation_id, meter_id, amount, policy_key, limit_value)
-    SELECT p_reservation, x.id, h_amount[x.i], h_key[x.i], h_limit[x.i]
-    FROM unnest(v_ids, v_idx) AS x(id, i);
+    ), held AS (
+        INSERT INTO metering_usagehold (reservation_id, meter_id, amount, policy_key, limit_value)
+        SELECT p_reservation, t.id, h_amount[t.i], h_key[t.i], h_limit[t.i] FROM taken t
+    ), alerts AS (
+        INSERT INTO metering_quotaalert (tenant_id, meter_id, kind, period_start, policy_key, limit_value,
+                                         observed_value, created_at)
+        SELECT p_tenant, t.id, 'CONCURRENCY_LIMIT', p_alert_day, h_key[t.i], h_limit[t.i], t.reserved, p_now
+        FROM taken t
+        WHERE h_metric[t.i] = 'CONCURRENT' AND h_limit[t.i] > 0 AND t.reserved * 100 >= h_limit[t.i] * 90
+        ON CONFLICT DO NOTHING
+        RETURNING id
+    )
+    SELECT COALESCE(array_agg(id), '{}') INTO v_alerts FROM alerts;
 
     RETURN jsonb_build_object('status', 'admitted', 'failed', to_jsonb(v_failed), 'alerts', to_jsonb(v_alerts));
 END
@@ -131,14 +127,10 @@ CREATE OR REPLACE FUNCTION gateway_settle(
 ) RETURNS jsonb LANGUAGE plpgsql AS $fn$
 DECLARE
     res record;
-    r record;
     v_feature text;
-    v_added bigint;
-    v_before bigint;
     v_remaining bigint;
     v_log bigint;
-    v_alert bigint;
-    v_alerts bigint[] := '{}';
+    v_alerts bigint[];
     v_meters bigint[];
     v_amounts bigint[];
     v_keys text[];
@@ -170,7 +162,9 @@ BEGIN
 
     PERFORM 1 FROM metering_usagemeter WHERE id = ANY(v_meters) ORDER BY id FOR UPDATE;
 
-    FOR r IN
+    -- Set-based, one statement: move the holds to used, and create the threshold alerts a move
+    -- crossed (80 % warns, 100 % exceeded; once per meter, kind and period: the unique constraint).
+    WITH moved AS (
         UPDATE metering_usagemeter m
         SET reserved = m.reserved - x.amount,
             used = m.used + CASE m.metric WHEN 'TOKENS' THEN p_tokens_in + p_tokens_out
@@ -181,36 +175,24 @@ BEGIN
             updated_at = p_now
         FROM unnest(v_meters, v_amounts, v_keys, v_limits) AS x(id, amount, policy_key, limit_value)
         WHERE m.id = x.id
-        RETURNING m.id, m.metric, m.used, m.reserved, m.period_start, x.policy_key, x.limit_value
-    LOOP
-        IF r.policy_key = ANY(p_quota_keys) THEN
-            IF r.metric = 'TOKENS' THEN
-                v_remaining := LEAST(COALESCE(v_remaining, r.limit_value - r.used - r.reserved),
-                                     r.limit_value - r.used - r.reserved);
-            END IF;
-            v_added := CASE r.metric WHEN 'TOKENS' THEN p_tokens_in + p_tokens_out WHEN 'COST' THEN p_cost
-                                     WHEN 'API_CALLS' THEN p_api_calls WHEN 'REQUESTS' THEN 1 ELSE 0 END;
-            v_before := r.used - v_added;
-            -- Crossing 80 % warns, crossing 100 % says exceeded: once per meter, kind and period.
-            IF r.limit_value > 0 AND v_added > 0 AND v_before < r.limit_value * 80 / 100
-               AND r.limit_value * 80 / 100 <= r.used THEN
-                INSERT INTO metering_quotaalert (tenant_id, meter_id, kind, period_start, policy_key, limit_value,
-                                                 observed_value, created_at)
-                VALUES (res.tenant_id, r.id, 'QUOTA_WARNING', r.period_start, r.policy_key, r.limit_value, r.used,
-                        p_now)
-                ON CONFLICT DO NOTHING RETURNING id INTO v_alert;
-                IF v_alert IS NOT NULL THEN v_alerts := v_alerts || v_alert; v_alert := NULL; END IF;
-            END IF;
-            IF r.limit_value > 0 AND v_added > 0 AND v_before < r.limit_value AND r.limit_value <= r.used THEN
-                INSERT INTO metering_quotaalert (tenant_id, meter_id, kind, period_start, policy_key, limit_value,
-                                                 observed_value, created_at)
-                VALUES (res.tenant_id, r.id, 'QUOTA_EXCEEDED', r.period_start, r.policy_key, r.limit_value, r.used,
-                        p_now)
-                ON CONFLICT DO NOTHING RETURNING id INTO v_alert;
-                IF v_alert IS NOT NULL THEN v_alerts := v_alerts || v_alert; v_alert := NULL; END IF;
-            END IF;
-        END IF;
-    END LOOP;
+        RETURNING m.id, m.metric, m.used, m.reserved, m.period_start, x.policy_key, x.limit_value,
+                  CASE m.metric WHEN 'TOKENS' THEN p_tokens_in + p_tokens_out WHEN 'COST' THEN p_cost
+                                WHEN 'API_CALLS' THEN p_api_calls WHEN 'REQUESTS' THEN 1 ELSE 0 END AS added
+    ), quota AS (
+        SELECT * FROM moved WHERE policy_key = ANY(p_quota_keys)
+    ), alerts AS (
+        INSERT INTO metering_quotaalert (tenant_id, meter_id, kind, period_start, policy_key, limit_value,
+                                         observed_value, created_at)
+        SELECT res.tenant_id, q.id, t.kind, q.period_start, q.policy_key, q.limit_value, q.used, p_now
+        FROM quota q CROSS JOIN (VALUES (80, 'QUOTA_WARNING'), (100, 'QUOTA_EXCEEDED')) AS t(percent, kind)
+        WHERE q.limit_value > 0 AND q.added > 0 AND q.used - q.added < q.limit_value * t.percent / 100
+          AND q.limit_value * t.percent / 100 <= q.used
+        ON CONFLICT DO NOTHING
+        RETURNING id
+    )
+    SELECT (SELECT min(q.limit_value - q.used - q.reserved) FROM quota q WHERE q.metric = 'TOKENS'),
+           (SELECT COALESCE(array_agg(a.id), '{}') FROM alerts a)
+    INTO v_remaining, v_alerts;
 
     INSERT INTO metering_usagelog (request_id, reservation_id, tenant_id, user_id, task_id, feature_code, provider,
                                    model_name, model_class, tokens_in, tokens_out, api_calls, cost_micro_usd,
