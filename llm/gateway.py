@@ -384,7 +384,10 @@ async def chat_completion(
         served = spend.attempts[-1].model
         response = GatewayResponse(200, _completion_body(prepared.request_id, served, result, int(time.time())))
         outcome = spend.outcome(UsageLog.Status.SUCCESS)
-        outcome.response_status, outcome.response_body = 200, response.body
+        if idempotency_key is not None:
+            # Kept only for a retry with the same key to replay: a call without one leaves no copy
+            # of the generated text in the database (and costs no JSON write).
+            outcome.response_status, outcome.response_body = 200, response.body
     remaining = await _finish(prepared, context, outcome)
     response.headers.update(_headers(prepared, remaining))
     return response

@@ -495,6 +495,8 @@ def usage_log_refusal(
 
 def _log_line(log: UsageLog, *, decision: str) -> None:
     # One structured line per metered call: never prompt text, never secrets.
+    if not logger.isEnabledFor(logging.INFO):
+        return
     logger.info(json.dumps({
         "event": "metered_call", "request_id": log.request_id, "tenant": log.tenant_id, "user": log.user_id,
         "task": log.task_id, "decision": decision, "status": log.status, "provider": log.provider,

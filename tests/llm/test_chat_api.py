@@ -488,6 +488,17 @@ def test_idempotent_retry_replays_the_first_answer_and_charges_once(tenant_admin
     assert_settled()
 
 
+def test_only_a_call_with_an_idempotency_key_keeps_its_answer_in_the_database(tenant_admin):
+    keyed = chat(tenant_admin, **{"Idempotency-Key": "draft-43"})
+    plain = chat(tenant_admin)
+
+    assert keyed.status_code == plain.status_code == 200
+    stored = UsageReservation.objects.get(request_id=keyed.headers["X-Request-ID"])
+    assert stored.response_body == keyed.json()
+    unkeyed = UsageReservation.objects.get(request_id=plain.headers["X-Request-ID"])
+    assert unkeyed.response_body is None and unkeyed.response_status is None
+
+
 def test_same_idempotency_key_with_another_body_is_409(tenant_admin):
     assert chat(tenant_admin, **{"Idempotency-Key": "k1"}).status_code == 200
     other = {"model": "auto", "messages": [{"role": "user", "content": "Something else"}], "max_tokens": 100}
