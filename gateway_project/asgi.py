@@ -11,6 +11,7 @@ from django.conf import settings  # noqa: E402
 from django.core.cache import caches  # noqa: E402
 
 from llm.asgi import MeteredApi  # noqa: E402
+from llm.providers.registry import provider_sdks_import  # noqa: E402
 
 # One cache client (and so one Redis connection pool) per process. Django keeps cache clients in
 # a context-local: a request task that starts without one builds its own, with a new pool, and
@@ -19,6 +20,10 @@ from llm.asgi import MeteredApi  # noqa: E402
 # between threads is safe for the backends configured here (Redis: a thread-safe pool; files).
 for alias in settings.CACHES:
     caches[alias]
+
+# Imported lazily by the first call, the provider SDKs would hold the event loop for seconds (the
+# openai package alone takes about 3 s to import here) while every other request waits.
+provider_sdks_import()
 
 # The metered API (POST /v1/{TASK}/chat/completions, GET /v1/{TASK}/models) is served by a small
 # pure-ASGI app on the event loop, with the same endpoint code as the Django views; everything

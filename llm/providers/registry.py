@@ -74,6 +74,13 @@ def _key_fingerprint(api_key: str) -> str:  # asked for on every call of every c
 # --- builders (provider modules are imported lazily) ---------------------------------------------
 
 
+def provider_sdks_import() -> None:
+    """Import every provider SDK now (a server's start-up), not inside the first call that needs one."""
+    import llm.providers.anthropic_provider  # noqa: F401
+    import llm.providers.gemini  # noqa: F401
+    import llm.providers.openai_provider  # noqa: F401
+
+
 def _openai(name: str) -> Callable[[str | None, str | None, float], Provider]:
     def build(api_key: str | None, base_url: str | None, timeout: float) -> Provider:
         from llm.providers.openai_provider import OpenAIProvider

@@ -11,11 +11,14 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import httpx
 import psycopg
 import pytest
+from django.conf import settings
 from django.core.signals import request_started
 from django.db import connection
 
@@ -337,3 +340,16 @@ def test_a_client_gone_while_its_admission_waits_for_a_lock_is_settled_when_it_c
     log = UsageLog.objects.get(status="CANCELLED")
     assert (log.error_code, log.tokens_in, log.tokens_out) == ("client_disconnected", 0, 0)
     assert_settled()
+
+
+def test_provider_sdks_are_imported_when_the_server_starts_not_by_the_first_call():
+    """Importing an SDK inside a call would block the event loop (and every request on it) for
+    seconds; the ASGI application module imports them all up front."""
+    probe = ("import os, sys; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'gateway_project.settings'); "
+             "import gateway_project.asgi; "
+             "print(all(m in sys.modules for m in ('openai', 'anthropic', 'google.genai')))")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                         cwd=settings.BASE_DIR, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"
