@@ -77,7 +77,7 @@ def test_streamed_and_plain_calls_are_metered_the_same_per_provider(fakes, tenan
 
 def test_mixed_run_matches_what_the_fakes_billed_to_the_token(fakes, tenant_admin):
     statuses = []
-    for provider, model in MODELS.items():
+    for model in MODELS.values():
         statuses.append(call(tenant_admin, model, stream=False)[0].status_code)
         statuses.append(call(tenant_admin, model, stream=True)[0].status_code)
     # Faults: a 503 on OpenAI falls back (BASE_S: gpt-4o-mini -> offline-base-s); a 429 on Anthropic with the

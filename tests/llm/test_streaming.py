@@ -41,7 +41,8 @@ def test_stream_sends_openai_chunks_and_a_final_usage_chunk(tenant_admin):
     usage = chunks[-1]["usage"]
     assert chunks[-1]["choices"] == []
     log = UsageLog.objects.get()
-    assert (log.status, log.tokens_in, log.tokens_out) == ("SUCCESS", usage["prompt_tokens"], usage["completion_tokens"])
+    assert (log.status, log.tokens_in, log.tokens_out) == (
+        "SUCCESS", usage["prompt_tokens"], usage["completion_tokens"])
     assert log.tokens_out == len(text.split())  # the offline provider writes one token per word
     assert not log.usage_estimated  # the provider reported usage on its stream
     assert meters_reconcile() == []

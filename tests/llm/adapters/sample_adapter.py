@@ -26,7 +26,7 @@ class SampleAdapter(TaskAdapter):
         outputs = []
         for i in range(parsed.get("steps", 1)):
             outputs.append(await run.llm([{"role": "user", "content": f"{parsed['text']} #{i}"}], step=f"s{i}"))
-        for i in range(parsed.get("searches", 0)):
+        for _ in range(parsed.get("searches", 0)):
             await run.external("search", _noop)
         return {"outputs": outputs}
 
