@@ -52,39 +52,38 @@ class GenerationCache:
             self._local.clear()
             self._generation, self._checked_at = generation, time.monotonic()
 
-    def get(self, key: str, build: Callable[[], Any]) -> Any:
+    def _read(self, key: str) -> tuple[str, Any]:
+        """(current generation, value or None): this process's copy, else the shared cache's."""
         generation = self.generation()
-        local_key = (generation, key)
         try:
-            return self._local[local_key]
+            return generation, self._local[(generation, key)]
         except KeyError:
             pass
-        shared_key = f"{self.name}:{generation}:{key}"
-        value = cache.get(shared_key)
-        if value is None:
-            value = build()
-            cache.set(shared_key, value, self.ttl)
+        value = cache.get(f"{self.name}:{generation}:{key}")
+        if value is not None:
+            self._keep(generation, key, value)
+        return generation, value
+
+    def _keep(self, generation: str, key: str, value: Any) -> None:
         with self._lock:
             if len(self._local) >= self.max_local:
                 self._local.clear()
-            self._local[local_key] = value
+            self._local[(generation, key)] = value
+
+    def get(self, key: str, build: Callable[[], Any]) -> Any:
+        generation, value = self._read(key)
+        if value is None:
+            # Stored under the generation read before building: a change meanwhile moves the
+            # generation on, and this value is never served.
+            value = build()
+            cache.set(f"{self.name}:{generation}:{key}", value, self.ttl)
+            self._keep(generation, key, value)
         return value
 
     def peek(self, key: str) -> Any:
         """The value if this process or the shared cache holds it, else None; never builds it, so it
         never touches the database (safe on an event loop). Values are never None."""
-        generation = self.generation()
-        try:
-            return self._local[(generation, key)]
-        except KeyError:
-            pass
-        value = cache.get(f"{self.name}:{generation}:{key}")
-        if value is not None:
-            with self._lock:
-                if len(self._local) >= self.max_local:
-                    self._local.clear()
-                self._local[(generation, key)] = value
-        return value
+        return self._read(key)[1]
 
     def clear_local(self) -> None:
         """Forget the local copies (tests: the shared cache was cleared under us)."""

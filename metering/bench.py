@@ -6,7 +6,7 @@ import uuid
 
 from catalog.models import Task
 from metering.models import UsageLog, UsageMeter, UsageReservation
-from metering.services import meter_id_cache_clear, policy_rule_set
+from metering.services import policy_rule_set
 from tenants import services as tenant_services
 from tenants.models import Tenant, User
 
@@ -36,4 +36,3 @@ def bench_data_delete(tenant: Tenant) -> None:
     UsageLog.objects.filter(tenant=tenant).delete()
     UsageReservation.objects.filter(tenant=tenant).delete()
     UsageMeter.objects.filter(tenant=tenant).delete()
-    meter_id_cache_clear()

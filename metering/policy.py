@@ -257,15 +257,16 @@ class _Resolver:
 # POLICY_USAGE_CACHE_SECONDS old, spares the hot path that query: a condition only throttles
 # (smaller max_tokens_out, cheaper classes), while the quotas themselves are enforced exactly by
 # admission's conditional holds.
-_usage_snapshots: dict[int, dict[int, tuple[float, datetime, dict[tuple, int]]]] = {}
+_usage_snapshots: dict[tuple[int, int], tuple[float, datetime, dict[tuple, int]]] = {}
 
 
 def usage_snapshot(*, tenant_id: int, user_id: int, now: datetime) -> dict[tuple, int]:
     """used + reserved of the caller's tenant-wide and own meters of the current periods, by subject."""
     ttl = settings.POLICY_USAGE_CACHE_SECONDS
-    cached = _usage_snapshots.get(tenant_id, {}).get(user_id)
+    minute = period_start(Window.MINUTE, now)
+    cached = _usage_snapshots.get((tenant_id, user_id))
     clock = time.monotonic()
-    if cached is not None and clock - cached[0] < ttl and cached[1] == period_start(Window.MINUTE, now):
+    if cached is not None and clock - cached[0] < ttl and cached[1] == minute:
         return cached[2]
     usage: dict[tuple, int] = {}
     rows = UsageMeter.objects.filter(tenant_id=tenant_id).filter(
@@ -278,15 +279,12 @@ def usage_snapshot(*, tenant_id: int, user_id: int, now: datetime) -> dict[tuple
     if ttl > 0:
         if len(_usage_snapshots) > 10_000:
             _usage_snapshots.clear()
-        _usage_snapshots.setdefault(tenant_id, {})[user_id] = (clock, period_start(Window.MINUTE, now), usage)
+        _usage_snapshots[(tenant_id, user_id)] = (clock, minute, usage)
     return usage
 
 
-def usage_snapshot_forget(*, tenant_id: int | None = None) -> None:
-    if tenant_id is None:
-        _usage_snapshots.clear()
-    else:
-        _usage_snapshots.pop(tenant_id, None)
+def usage_snapshot_clear() -> None:
+    _usage_snapshots.clear()
 
 
 def _select_models(requested: str, allowed: list[str]) -> tuple[list[str], ModelInfo | None, str | None]:

@@ -108,31 +108,11 @@ def _meter_ids(keys: set[tuple]) -> dict[tuple, int]:
     }
 
 
-# Meter ids by subject and period, per process: the hot path then skips the lookup query. An id
-# is never trusted blindly: admission checks every row it touched against the subject it wanted
-# (RETURNING) and, on any mismatch, rolls back, forgets the cache and runs once more.
-_meter_id_cache: dict[tuple, int] = {}
-
-
-class _StaleMeterIds(Exception):
-    pass
-
-
-def meter_id_cache_clear() -> None:
-    _meter_id_cache.clear()
-
-
-def _subject(key: tuple) -> tuple:
-    return meter_sql.subject_key(*key)
-
-
-def meters_ensure(*, tenant_id: int, holds: list[HoldSpec], use_cache: bool = False) -> dict[tuple, int]:
+def meters_ensure(*, tenant_id: int, holds: list[HoldSpec]) -> dict[tuple, int]:
     """Meter ids for these holds, creating missing rows (insert-or-ignore: safe under races)."""
     keys = {_meter_key(tenant_id, h) for h in holds}
     if not keys:
         return {}
-    if use_cache and all(k in _meter_id_cache for k in keys):
-        return {k: _meter_id_cache[k] for k in keys}
     found = _meter_ids(keys)
     missing = keys - found.keys()
     if missing:
@@ -142,10 +122,6 @@ def meters_ensure(*, tenant_id: int, holds: list[HoldSpec], use_cache: bool = Fa
             ignore_conflicts=True,
         )
         found.update(_meter_ids(missing))
-    if use_cache:
-        if len(_meter_id_cache) > 50_000:
-            _meter_id_cache.clear()
-        _meter_id_cache.update(found)
     return found
 
 
@@ -164,22 +140,17 @@ def _refusal_from(failed: list[HoldSpec], now: datetime) -> tuple[str, str, int]
     raise AssertionError("no failed hold")  # pragma: no cover
 
 
-def usage_admit(**kwargs: Any) -> Admission:
-    """Take every hold of one request or none (see `_usage_admit`)."""
-    if connection.vendor == "postgresql":
-        return _usage_admit_pg(**kwargs)
-    try:
-        return _usage_admit(use_cache=True, **kwargs)
-    except _StaleMeterIds:
-        for hold in kwargs["decision"].holds:
-            _meter_id_cache.pop(_meter_key(kwargs["tenant_id"], hold), None)
-        return _usage_admit(use_cache=False, **kwargs)
+def _would_refuse(failed: list[HoldSpec], *, mode: str, now: datetime) -> tuple[str, str]:
+    """HARD: the 429 for the first crossed limit. SHADOW/SOFT: (code, message) HARD would have refused."""
+    if not failed:
+        return "", ""
+    code, message, retry_after = _refusal_from(failed, now)
+    if mode == "HARD":
+        raise TooManyRequests(message, code=code, retry_after=retry_after)
+    return code, message
 
 
-QUOTA_KEYS = [key.name for key in POLICY_KEYS.values() if key.kind == KeyKind.QUOTA]
-
-
-def _usage_admit_pg(
+def usage_admit(
     *,
     tenant_id: int,
     user_id: int,
@@ -190,26 +161,31 @@ def _usage_admit_pg(
     idempotency_key: str | None = None,
     fingerprint: str = "",
 ) -> Admission:
-    """The same admission as `_usage_admit`, as one PostgreSQL function call: one round trip."""
-    reservation_id = uuid.uuid4()
-    result = meter_sql.admit_pg(
-        reservation_id=reservation_id, request_id=request_id, tenant_id=tenant_id, user_id=user_id,
-        task_id=decision.task.id, mode=mode, now=now,
-        expires_at=now + timedelta(seconds=settings.RESERVATION_LEASE_SECONDS), idempotency_key=idempotency_key,
-        fingerprint=fingerprint, alert_day=period_start(Window.DAY, now), holds=decision.holds,
+    """Take every hold of one request or none. HARD refuses at the first crossed limit (429);
+    SHADOW and SOFT take the hold anyway and record what HARD would have refused.
+    PostgreSQL does it in one function call (metering/pg_functions.py), SQLite in Python."""
+    reservation = UsageReservation(
+        request_id=request_id, tenant_id=tenant_id, user_id=user_id, task_id=decision.task.id,
+        enforcement_mode=mode, created_at=now, expires_at=now + timedelta(seconds=settings.RESERVATION_LEASE_SECONDS),
+        idempotency_key=idempotency_key, request_fingerprint=fingerprint,
     )
+    take = _admit_pg if connection.vendor == "postgresql" else _admit_python
+    would_code, would_message = take(reservation=reservation, holds=decision.holds, now=now)
+    return Admission(reservation_id=reservation.pk, request_id=request_id, admitted_at=now, enforcement_mode=mode,
+                     would_refuse_code=would_code, would_refuse_message=would_message)
+
+
+QUOTA_KEYS = [key.name for key in POLICY_KEYS.values() if key.kind == KeyKind.QUOTA]
+
+
+def _admit_pg(*, reservation: UsageReservation, holds: list[HoldSpec], now: datetime) -> tuple[str, str]:
+    result = meter_sql.admit_pg(reservation=reservation, alert_day=period_start(Window.DAY, now), holds=holds)
     if result["status"] == "in_flight":
         raise IdempotencyInFlight()
-    failed = [decision.holds[i - 1] for i in result["failed"]]
-    would_code, would_message = "", ""
-    if failed:
-        code, message, retry_after = _refusal_from(failed, now)
-        if result["status"] == "refused":
-            raise TooManyRequests(message, code=code, retry_after=retry_after)
-        would_code, would_message = code, message
+    # "refused" (nothing written) is HARD with failed holds: _would_refuse raises its 429.
+    would = _would_refuse([holds[i - 1] for i in result["failed"]], mode=reservation.enforcement_mode, now=now)
     _alerts_notify(result["alerts"])
-    return Admission(reservation_id=reservation_id, request_id=request_id, admitted_at=now, enforcement_mode=mode,
-                     would_refuse_code=would_code, would_refuse_message=would_message)
+    return would
 
 
 def _alerts_notify(alert_ids: list[int]) -> None:
@@ -222,45 +198,21 @@ def _alerts_notify(alert_ids: list[int]) -> None:
 
 
 @transaction.atomic
-def _usage_admit(
-    *,
-    use_cache: bool,
-    tenant_id: int,
-    user_id: int,
-    decision: EnforcementDecision,
-    request_id: str,
-    mode: str,
-    now: datetime,
-    idempotency_key: str | None = None,
-    fingerprint: str = "",
-) -> Admission:
-    """Take every hold of one request or none. HARD refuses at the first crossed limit (429);
-    SHADOW and SOFT take the hold anyway and record what HARD would have refused."""
-    meter_ids = meters_ensure(tenant_id=tenant_id, holds=decision.holds, use_cache=use_cache)
-    ordered = sorted(decision.holds, key=lambda h: meter_ids[_meter_key(tenant_id, h)])  # fixed lock order
+def _admit_python(*, reservation: UsageReservation, holds: list[HoldSpec], now: datetime) -> tuple[str, str]:
+    tenant_id, mode = reservation.tenant_id, reservation.enforcement_mode
+    meter_ids = meters_ensure(tenant_id=tenant_id, holds=holds)
+    ordered = sorted(holds, key=lambda h: meter_ids[_meter_key(tenant_id, h)])  # fixed lock order
     by_meter = {meter_ids[_meter_key(tenant_id, h)]: h for h in ordered}
     values = meter_sql.holds_take([(meter_id, h.amount, h.limit) for meter_id, h in by_meter.items()])
-    if use_cache:
-        _check_subjects(tenant_id, by_meter, values)
     failed = [h for meter_id, h in by_meter.items() if meter_id not in values]
     if failed and mode != "HARD":
         values.update(meter_sql.holds_force([(meter_ids[_meter_key(tenant_id, h)], h.amount) for h in failed]))
-    would_code, would_message = "", ""
-    if failed:
-        code, message, retry_after = _refusal_from(failed, now)
-        if mode == "HARD":
-            raise TooManyRequests(message, code=code, retry_after=retry_after)
-        would_code, would_message = code, message
+    would = _would_refuse(failed, mode=mode, now=now)  # HARD: raises, rolling the holds back
     try:
         with transaction.atomic():
-            reservation = UsageReservation.objects.create(
-                request_id=request_id, tenant_id=tenant_id, user_id=user_id, task_id=decision.task.id,
-                enforcement_mode=mode, created_at=now,
-                expires_at=now + timedelta(seconds=settings.RESERVATION_LEASE_SECONDS),
-                idempotency_key=idempotency_key, request_fingerprint=fingerprint,
-            )
+            reservation.save(force_insert=True)
     except IntegrityError:
-        if idempotency_key is None:
+        if reservation.idempotency_key is None:
             raise
         raise IdempotencyInFlight() from None
     UsageHold.objects.bulk_create(
@@ -269,18 +221,7 @@ def _usage_admit(
         for h in ordered
     )
     _concurrency_alerts(tenant_id=tenant_id, by_meter=by_meter, values=values, now=now)
-    return Admission(reservation_id=reservation.pk, request_id=request_id, admitted_at=now, enforcement_mode=mode,
-                     would_refuse_code=would_code, would_refuse_message=would_message)
-
-
-def _check_subjects(tenant_id: int, by_meter: dict[int, HoldSpec], values: dict[int, tuple]) -> None:
-    """Raise _StaleMeterIds (rolling the admission back) unless every cached id was the meter we meant
-    and every hold was taken. A hold that failed on a cached id is never trusted as a refusal: the id
-    may name a row another transaction had inserted but not yet committed (invisible to this
-    UPDATE). The retry looks every id up among committed rows, so its answer is authoritative."""
-    for meter_id, hold in by_meter.items():
-        if meter_id not in values or values[meter_id][2] != _subject(_meter_key(tenant_id, hold)):
-            raise _StaleMeterIds()
+    return would
 
 
 def _concurrency_alerts(*, tenant_id: int, by_meter: dict[int, HoldSpec], values: dict[int, tuple[int, int]],
@@ -310,12 +251,10 @@ def usage_settle(*, reservation_id: uuid.UUID, outcome: CallOutcome, now: dateti
     """Move holds to used with the actual amounts and write the ledger row. Idempotent: a second
     settlement, or one after expiry, changes nothing and is logged."""
     now = now or timezone.now()
-    if connection.vendor == "postgresql":
-        log = _settle_pg(reservation_id=reservation_id, outcome=outcome, now=now,
-                         reservation_status=UsageReservation.Status.COMPLETED,
-                         free_key=outcome.status != UsageLog.Status.SUCCESS)
-    else:
-        log = _usage_settle(reservation_id=reservation_id, outcome=outcome, now=now)
+    # A failed call leaves its Idempotency-Key free for a real retry.
+    log = _settle(reservation_id=reservation_id, outcome=outcome, now=now,
+                  reservation_status=UsageReservation.Status.COMPLETED,
+                  free_key=outcome.status != UsageLog.Status.SUCCESS)
     if log is None:
         logger.warning("settle skipped: reservation %s is not active (already settled or expired)", reservation_id)
         return None
@@ -323,9 +262,17 @@ def usage_settle(*, reservation_id: uuid.UUID, outcome: CallOutcome, now: dateti
     return log
 
 
+def _settle(*, reservation_id: uuid.UUID, outcome: CallOutcome, now: datetime, reservation_status: str,
+            free_key: bool) -> UsageLog | None:
+    """Claim an ACTIVE reservation (None if it is not), move its holds to used, write the ledger row.
+    PostgreSQL does it in one function call (metering/pg_functions.py), SQLite in Python."""
+    settle = _settle_pg if connection.vendor == "postgresql" else _settle_python
+    return settle(reservation_id=reservation_id, outcome=outcome, now=now, reservation_status=reservation_status,
+                  free_key=free_key)
+
+
 def _settle_pg(*, reservation_id: uuid.UUID, outcome: CallOutcome, now: datetime, reservation_status: str,
                free_key: bool) -> UsageLog | None:
-    """Settlement as one PostgreSQL function call (migration 0004): claim, holds, ledger, rollup, alerts."""
     result = meter_sql.settle_pg(reservation_id=reservation_id, reservation_status=reservation_status, now=now,
                                  free_key=free_key, outcome=outcome, quota_keys=QUOTA_KEYS)
     if result is None:
@@ -348,12 +295,12 @@ def _settle_pg(*, reservation_id: uuid.UUID, outcome: CallOutcome, now: datetime
 
 
 @transaction.atomic
-def _usage_settle(*, reservation_id: uuid.UUID, outcome: CallOutcome, now: datetime) -> UsageLog | None:
-    failed = outcome.status != UsageLog.Status.SUCCESS
-    update: dict[str, Any] = {"status": UsageReservation.Status.COMPLETED, "settled_at": now,
+def _settle_python(*, reservation_id: uuid.UUID, outcome: CallOutcome, now: datetime, reservation_status: str,
+                   free_key: bool) -> UsageLog | None:
+    update: dict[str, Any] = {"status": reservation_status, "settled_at": now,
                               "response_status": outcome.response_status, "response_body": outcome.response_body}
-    if failed:
-        update["idempotency_key"] = None  # a failed call leaves its key free for a real retry
+    if free_key:
+        update["idempotency_key"] = None
     claimed = UsageReservation.objects.filter(pk=reservation_id, status=UsageReservation.Status.ACTIVE).update(**update)
     if claimed != 1:
         return None
@@ -422,29 +369,13 @@ def _quota_alerts(*, reservation: UsageReservation, holds: list[UsageHold], outc
 
 
 def _release(*, reservation_id: uuid.UUID, status: str, error_code: str, now: datetime) -> bool:
-    if connection.vendor == "postgresql":
-        try:
-            log = _settle_pg(reservation_id=reservation_id, outcome=CallOutcome(
-                status=UsageLog.Status.EXPIRED, error_code=error_code), now=now, reservation_status=status,
-                free_key=True)
-        except ReservationLost:
-            return False
-        if log is None:
-            return False
-        _log_line(log, decision=error_code)
-        return True
-    with transaction.atomic():
-        claimed = UsageReservation.objects.filter(pk=reservation_id, status=UsageReservation.Status.ACTIVE).update(
-            status=status, settled_at=now, idempotency_key=None
-        )
-        if claimed != 1:
-            return False
-        reservation = UsageReservation.objects.select_related("task__feature").get(pk=reservation_id)
-        log = _holds_apply(
-            reservation=reservation,
-            outcome=CallOutcome(status=UsageLog.Status.EXPIRED, error_code=error_code),
-            now=now,
-        )
+    try:
+        log = _settle(reservation_id=reservation_id, outcome=CallOutcome(status=UsageLog.Status.EXPIRED,
+                      error_code=error_code), now=now, reservation_status=status, free_key=True)
+    except ReservationLost:
+        return False
+    if log is None:
+        return False
     _log_line(log, decision=error_code)
     return True
 

@@ -62,16 +62,14 @@ def _clear_cache(_private_file_cache):
     from catalog.selectors import catalog_cache
     from llm import router
     from llm.providers import registry
-    from metering.policy import policy_cache, usage_snapshot_forget
-    from metering.services import meter_id_cache_clear
+    from metering.policy import policy_cache, usage_snapshot_clear
 
     def forget_local() -> None:
         for memo in (catalog_cache, policy_cache):
             memo.clear_local()
         registry.clear_local()
         router.clear_local()
-        meter_id_cache_clear()
-        usage_snapshot_forget()
+        usage_snapshot_clear()
 
     forget_local()
     cache.clear()
