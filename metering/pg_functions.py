@@ -20,15 +20,28 @@ from __future__ import annotations
 from typing import Any
 
 ADMIT = r"""
-DROP FUNCTION IF EXISTS gateway_admit;
-CREATE OR REPLACE FUNCTION gateway_admit(
-    p_reservation uuid, p_request_id text, p_tenant bigint, p_user bigint, p_task bigint, p_mode text,
-    p_now timestamptz, p_expires timestamptz, p_idempotency_key text, p_fingerprint text,
-    p_alert_day timestamptz, p_ensure_meters boolean,
-    h_user bigint[], h_task bigint[], h_metric text[], h_window text[], h_period timestamptz[],
-    h_amount bigint[], h_limit bigint[], h_key text[]
-) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+CREATE OR REPLACE FUNCTION gateway_admit(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $fn$
 DECLARE
+    p_reservation uuid := (p->>'reservation')::uuid;
+    p_request_id text := p->>'request_id';
+    p_tenant bigint := (p->>'tenant')::bigint;
+    p_user bigint := (p->>'user')::bigint;
+    p_task bigint := (p->>'task')::bigint;
+    p_mode text := p->>'mode';
+    p_now timestamptz := (p->>'now')::timestamptz;
+    p_expires timestamptz := (p->>'expires')::timestamptz;
+    p_idempotency_key text := p->>'idempotency_key';
+    p_fingerprint text := p->>'fingerprint';
+    p_alert_day timestamptz := (p->>'alert_day')::timestamptz;
+    p_ensure_meters boolean := (p->>'ensure_meters')::boolean;
+    h_user bigint[];
+    h_task bigint[];
+    h_metric text[];
+    h_window text[];
+    h_period timestamptz[];
+    h_amount bigint[];
+    h_limit bigint[];
+    h_key text[];
     v_ids bigint[];
     v_idx int[];
     v_failed int[];
@@ -41,6 +54,13 @@ BEGIN
     -- which is replayed into the ledger exactly once. Settlement itself commits durably, and its
     -- WAL flush covers every earlier admission.
     PERFORM set_config('synchronous_commit', 'off', true);
+    -- The holds travel as one JSON array of [user, task, metric, window, period, amount, limit, key]:
+    -- one parameter is far cheaper to send than eight typed arrays.
+    SELECT array_agg((h->>0)::bigint ORDER BY i), array_agg((h->>1)::bigint ORDER BY i), array_agg(h->>2 ORDER BY i),
+           array_agg(h->>3 ORDER BY i), array_agg((h->>4)::timestamptz ORDER BY i),
+           array_agg((h->>5)::bigint ORDER BY i), array_agg((h->>6)::bigint ORDER BY i), array_agg(h->>7 ORDER BY i)
+    INTO h_user, h_task, h_metric, h_window, h_period, h_amount, h_limit, h_key
+    FROM jsonb_array_elements(p->'holds') WITH ORDINALITY AS x(h, i);
     IF p_ensure_meters THEN
         -- Only when an earlier call found a meter missing (a new period, a first call): creating
         -- rows before any lock is taken keeps the lock order below strictly by id.
@@ -118,14 +138,28 @@ $fn$;
 """
 
 SETTLE = r"""
-CREATE OR REPLACE FUNCTION gateway_settle(
-    p_reservation uuid, p_reservation_status text, p_now timestamptz, p_free_key boolean,
-    p_response_status int, p_response_body jsonb,
-    p_status text, p_provider text, p_model_name text, p_model_class text, p_tokens_in bigint,
-    p_tokens_out bigint, p_api_calls bigint, p_cost bigint, p_latency_ms int, p_error_code text,
-    p_would_refuse text, p_estimated boolean, p_attempts jsonb, p_quota_keys text[]
-) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+CREATE OR REPLACE FUNCTION gateway_settle(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $fn$
 DECLARE
+    p_reservation uuid := (p->>'reservation')::uuid;
+    p_reservation_status text := p->>'reservation_status';
+    p_now timestamptz := (p->>'now')::timestamptz;
+    p_free_key boolean := (p->>'free_key')::boolean;
+    p_response_status int := (p->>'response_status')::int;
+    p_response_body jsonb := CASE WHEN jsonb_typeof(p->'response_body') = 'null' THEN NULL ELSE p->'response_body' END;
+    p_status text := p->>'status';
+    p_provider text := p->>'provider';
+    p_model_name text := p->>'model_name';
+    p_model_class text := p->>'model_class';
+    p_tokens_in bigint := (p->>'tokens_in')::bigint;
+    p_tokens_out bigint := (p->>'tokens_out')::bigint;
+    p_api_calls bigint := (p->>'api_calls')::bigint;
+    p_cost bigint := (p->>'cost')::bigint;
+    p_latency_ms int := (p->>'latency_ms')::int;
+    p_error_code text := p->>'error_code';
+    p_would_refuse text := p->>'would_refuse';
+    p_estimated boolean := (p->>'estimated')::boolean;
+    p_attempts jsonb := p->'attempts';
+    p_quota_keys text[] := ARRAY(SELECT jsonb_array_elements_text(p->'quota_keys'));
     res record;
     v_feature text;
     v_remaining bigint;
@@ -222,6 +256,21 @@ $fn$;
 """
 
 
+_DROP_OLD = r"""
+DO $drop$
+DECLARE fn regprocedure;
+BEGIN
+    FOR fn IN SELECT oid::regprocedure FROM pg_proc
+              WHERE proname IN ('gateway_admit', 'gateway_settle') AND pronamespace = current_schema()::regnamespace
+                AND pg_get_function_identity_arguments(oid) <> 'p jsonb'
+    LOOP
+        EXECUTE 'DROP FUNCTION ' || fn;
+    END LOOP;
+END
+$drop$;
+"""
+
+
 def install_pg_functions(*, using: str = "default", **_: Any) -> None:
     from django.db import connections
 
@@ -229,4 +278,6 @@ def install_pg_functions(*, using: str = "default", **_: Any) -> None:
     if connection.vendor != "postgresql":
         return
     with connection.cursor() as cursor:
+        # Earlier versions took typed parameters: drop every overload, whatever its signature.
+        cursor.execute(_DROP_OLD, None)
         cursor.execute(ADMIT + SETTLE, None)

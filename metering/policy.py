@@ -253,6 +253,40 @@ class _Resolver:
         return self._usage.get((user_id, task_id, key.metric, key.window, period_start(key.window, self.now)), 0)
 
 
+@dataclass(frozen=True)
+class _Resolved:
+    """Every limit that applies to one caller and task: per-request keys by name, metered keys by
+    (name, task-specific)."""
+    per_request: dict[str, Limit]
+    metered: dict[tuple[str, bool], Limit]
+
+
+# Resolving ~30 keys over the rules is most of policy evaluation's time, and its result changes
+# only when the rules do (a new list from the rule cache), when a time window opens or closes
+# (the set of rules that apply), or when a usage condition flips: all three are in the key.
+_resolved_memo: dict[tuple, tuple[list[RuleView], _Resolved]] = {}
+
+
+def _resolve(rules: list[RuleView], context: TenantContext, task: TaskInfo, now: datetime,
+             usage_unavailable: bool = False) -> _Resolved:
+    resolver = _Resolver(rules, context, task, now, usage_unavailable)
+    conditions = tuple(resolver._condition_met(r) for r in resolver.rules if r.when_quota_key)
+    memo_key = (id(rules), task.id, tuple(r.id for r in resolver.rules), conditions)
+    hit = _resolved_memo.get(memo_key)
+    if hit is not None and hit[0] is rules:  # `is`: an id can be reused once its list is gone
+        return hit[1]
+    resolved = _Resolved(
+        per_request={name: limit for name, key in POLICY_KEYS.items() if not key.is_metered
+                     and (limit := resolver.per_request(name)) is not None},
+        metered={(key.name, task_specific): limit for key in METERED_KEYS for task_specific in (False, True)
+                 if (limit := resolver.metered(key.name, task_specific=task_specific)) is not None},
+    )
+    if len(_resolved_memo) >= 10_000:
+        _resolved_memo.clear()
+    _resolved_memo[memo_key] = (rules, resolved)
+    return resolved
+
+
 # Usage conditions read the caller's meters. A per-process snapshot, at most
 # POLICY_USAGE_CACHE_SECONDS old, spares the hot path that query: a condition only throttles
 # (smaller max_tokens_out, cheaper classes), while the quotas themselves are enforced exactly by
@@ -329,8 +363,8 @@ def policy_evaluate(
         return EnforcementDecision.refuse(
             "task_not_in_plan", f"The {context.plan_code} plan does not include task {task.code}.", 403, task
         )
-    resolver = _Resolver(_load_rules(context), context, task, now, usage_unavailable)
-    narrowed = resolver.per_request("allowed_model_classes")
+    resolved = _resolve(_load_rules(context), context, task, now, usage_unavailable)
+    narrowed = resolved.per_request.get("allowed_model_classes")
     allowed = [c for c in plan_classes if (narrowed is None or c in narrowed.value)
                and (restrict_classes is None or c in restrict_classes)]
     classes, pinned, error = _select_models(requested_model, allowed)
@@ -361,7 +395,7 @@ def policy_evaluate(
                                    tokens_in=tokens_in)
     for name, key in POLICY_KEYS.items():
         if key.kind == KeyKind.PER_REQUEST:
-            limit = resolver.per_request(name)
+            limit = resolved.per_request.get(name)
             if limit is not None:
                 decision.limits[name] = limit
     if narrowed is not None:
@@ -407,7 +441,7 @@ def policy_evaluate(
     }
     for key in METERED_KEYS:
         for task_specific in (False, True):
-            limit = resolver.metered(key.name, task_specific=task_specific)
+            limit = resolved.metered.get((key.name, task_specific))
             if limit is None:
                 continue
             amount = amounts[key.metric]
@@ -428,14 +462,14 @@ def effective_limits(*, context: TenantContext, task_code: str, now: datetime) -
     task = task_get(task_code)
     if task is None:
         return []
-    resolver = _Resolver(_load_rules(context), context, task, now)
+    resolved = _resolve(_load_rules(context), context, task, now)
     limits: list[Limit] = []
     for name, key in POLICY_KEYS.items():
         if key.is_metered:
-            limits.extend(x for x in (resolver.metered(name, task_specific=False),
-                                      resolver.metered(name, task_specific=True)) if x is not None)
+            limits.extend(x for x in (resolved.metered.get((name, False)), resolved.metered.get((name, True)))
+                          if x is not None)
         else:
-            limit = resolver.per_request(name)
+            limit = resolved.per_request.get(name)
             if limit is not None:
                 limits.append(limit)
     return limits
