@@ -121,6 +121,10 @@ if DATABASE_URL:
             "timeout": env.int("DB_POOL_TIMEOUT", default=10),
         }
         _db["CONN_MAX_AGE"] = 0
+        # Django turns psycopg's prepared statements off (for PgBouncer in transaction mode). Its
+        # own queries bind client-side and never prepare; the two hot-path function calls
+        # (metering/meter_sql.py) bind server-side and are prepared on each pooled connection.
+        _db["OPTIONS"]["prepare_threshold"] = env.int("DB_PREPARE_THRESHOLD", default=5)
     DATABASES = {"default": _db}
 else:
     DATABASES = {

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from llm import gateway
 from metering import services
-from metering.models import UsageHold, UsageLog, UsageReservation
+from metering.models import UsageHold, UsageLog, UsageMeter, UsageReservation
 from metering.spool import spool_pending, spool_replay
 from tenants.selectors import identity_resolve
 
@@ -78,3 +78,30 @@ def test_expiry_of_a_lost_reservation_changes_nothing(tenant_admin):
     assert not services.reservation_release(reservation_id=admitted.admission.reservation_id)
     assert services.reservations_expire(now=timezone.now() + timedelta(hours=1)) == 0
     assert services.meters_reconcile() == []
+
+
+def test_the_hot_path_calls_are_prepared_on_their_connection(tenant_admin):
+    """Parsed and planned once per pooled connection, not on every call (Django leaves psycopg's
+    preparing off for its own queries)."""
+    outcome = services.CallOutcome(status="SUCCESS", tokens_in=1, tokens_out=1, api_calls=1)
+    for n in range(2):
+        admitted = _admit(tenant_admin.user, f"req-prepared-{n}")
+        services.usage_settle(reservation_id=admitted.admission.reservation_id, outcome=outcome)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = " ".join(row[0] for row in cursor.fetchall())
+    assert "gateway_admit" in prepared and "gateway_settle" in prepared
+
+
+def test_holds_go_with_their_reservation_and_their_meter(tenant_admin):
+    """Hold rows have no database foreign keys (cheaper writes): deletes still cascade, through Django."""
+    first, second = _admit(tenant_admin.user, "req-cascade-1"), _admit(tenant_admin.user, "req-cascade-2")
+    holds = UsageHold.objects.filter(reservation_id=first.admission.reservation_id)
+    meter_id = holds.first().meter_id
+    assert holds.count() == len(first.decision.holds) > 1
+    UsageReservation.objects.filter(pk=first.admission.reservation_id).delete()
+    assert not UsageHold.objects.filter(reservation_id=first.admission.reservation_id).exists()
+    UsageMeter.objects.filter(pk=meter_id).delete()
+    assert not UsageHold.objects.filter(meter_id=meter_id).exists()
+    assert UsageHold.objects.filter(reservation_id=second.admission.reservation_id).count() == \
+        len(second.decision.holds) - 1
