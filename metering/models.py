@@ -97,7 +97,9 @@ class Window(models.TextChoices):
 class UsageMeter(models.Model):
     """A counter for one subject and period. The limit lives in policy, not here."""
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="meters")
+    # No index of its own: the indexes below lead with tenant and reach only the current period's
+    # rows. Admission's lookup through a plain tenant index read every meter the tenant ever had.
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="meters", db_index=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE)
     task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.PROTECT)
     metric = models.CharField(max_length=16, choices=Metric.choices)
