@@ -76,22 +76,25 @@ BEGIN
                      period_start) DO NOTHING;
     END IF;
 
-    -- Lock in meter-id order. Statements below take a new snapshot: they see the committed
-    -- counters of every transaction that held these locks before us.
-    SELECT array_agg(s.id ORDER BY s.id), array_agg(s.i ORDER BY s.id) INTO v_ids, v_idx
-    FROM (
-        SELECT m.id, h.i
-        FROM unnest(h_user, h_task, h_metric, h_window, h_period) WITH ORDINALITY AS h(u, t, m, w, p, i)
-        JOIN metering_usagemeter m
-          ON m.tenant_id = p_tenant AND COALESCE(m.user_id, 0) = COALESCE(h.u, 0)
-         AND COALESCE(m.task_id, 0) = COALESCE(h.t, 0) AND m.metric = h.m AND m."window" = h.w
-         AND m.period_start = h.p
-        ORDER BY m.id
-        FOR UPDATE OF m
-    ) s;
+    -- Each hold's meter by its unique key: one probe of that index per hold, whatever the number
+    -- of meters (periods) the tenant has collected.
+    SELECT array_agg(f.id ORDER BY h.i) INTO v_ids
+    FROM unnest(h_user, h_task, h_metric, h_window, h_period) WITH ORDINALITY AS h(u, t, m, w, p, i)
+    CROSS JOIN LATERAL (
+        SELECT mm.id FROM metering_usagemeter mm
+        WHERE mm.tenant_id = p_tenant AND COALESCE(mm.user_id, 0) = COALESCE(h.u, 0)
+          AND COALESCE(mm.task_id, 0) = COALESCE(h.t, 0) AND mm.metric = h.m AND mm."window" = h.w
+          AND mm.period_start = h.p
+        LIMIT 1  -- at most one row (the unique key); also keeps the planner from flattening the probe
+    ) f;
     IF COALESCE(cardinality(v_ids), 0) < COALESCE(cardinality(h_metric), 0) THEN
         RETURN jsonb_build_object('status', 'missing_meters');  -- nothing written; the caller retries
     END IF;
+    v_idx := ARRAY(SELECT generate_series(1, cardinality(v_ids)));
+
+    -- Lock in meter-id order. Statements below take a new snapshot: they see the committed
+    -- counters of every transaction that held these locks before us.
+    PERFORM 1 FROM metering_usagemeter WHERE id = ANY(v_ids) ORDER BY id FOR NO KEY UPDATE;
 
     SELECT COALESCE(array_agg(x.i ORDER BY x.i), '{}') INTO v_failed
     FROM unnest(v_ids, v_idx) AS x(id, i)
@@ -198,7 +201,7 @@ BEGIN
     INTO v_meters, v_amounts, v_keys, v_limits
     FROM metering_usagehold h WHERE h.reservation_id = p_reservation;
 
-    PERFORM 1 FROM metering_usagemeter WHERE id = ANY(v_meters) ORDER BY id FOR UPDATE;
+    PERFORM 1 FROM metering_usagemeter WHERE id = ANY(v_meters) ORDER BY id FOR NO KEY UPDATE;
 
     -- Set-based, one statement: move the holds to used, and create the threshold alerts a move
     -- crossed (80 % warns, 100 % exceeded; once per meter, kind and period: the unique constraint).
