@@ -1,7 +1,9 @@
 """`make bench`: the gateway as it runs in production (uvicorn workers, PostgreSQL, Redis) in
 front of a fake OpenAI upstream. Prints gateway overhead (gateway latency minus direct-to-upstream
 latency, measured in one run) at concurrency 1 and 50, throughput, and — with a 500 ms upstream —
-how many concurrent streaming requests it holds, with how many errors and PostgreSQL connections."""
+how many concurrent streaming requests it holds, with how many errors and PostgreSQL connections.
+Beside the overhead it prints the floor under it: the overhead of a bare proxy making the same
+`openai` SDK call and nothing else (llm/benchmark/bare_proxy.py)."""
 
 from __future__ import annotations
 
@@ -104,13 +106,16 @@ class Command(BaseCommand):
         report: dict = {"gateway_workers": options["workers"]}
         with _serve("llm.benchmark.fake_openai:app", workers=1, env={"FAKE_UPSTREAM_LATENCY_MS": "0"}) as upstream, \
                 _serve("gateway_project.asgi:application", workers=options["workers"],
-                       env={**gateway_env, "OPENAI_BASE_URL": upstream + "/v1"}) as gateway:
+                       env={**gateway_env, "OPENAI_BASE_URL": upstream + "/v1"}) as gateway, \
+                _serve("llm.benchmark.bare_proxy:app", workers=options["workers"],
+                       env={"OPENAI_BASE_URL": upstream + "/v1", "OPENAI_API_KEY": "bench-key"}) as bare:
             direct = (upstream + "/v1/chat/completions", {"Authorization": "Bearer bench-key"})
             via = (gateway + "/v1/LLM2_DRAFT/chat/completions", {"Authorization": f"Bearer {token}"})
+            floor = (bare + "/v1/chat/completions", {})
             self._check(via)
-            report["concurrency_1"] = asyncio.run(self._latency(direct, via, options["requests"], 1))
+            report["concurrency_1"] = asyncio.run(self._latency(direct, via, floor, options["requests"], 1))
             report[f"concurrency_{options['concurrency']}"] = asyncio.run(
-                self._latency(direct, via, options["requests"] * 3, options["concurrency"]))
+                self._latency(direct, via, floor, options["requests"] * 3, options["concurrency"]))
         with _serve("llm.benchmark.fake_openai:app", workers=1, env={"FAKE_UPSTREAM_LATENCY_MS": "500"}) as upstream, \
                 _serve("gateway_project.asgi:application", workers=options["workers"],
                        env={**gateway_env, "OPENAI_BASE_URL": upstream + "/v1"}) as gateway:
@@ -128,7 +133,9 @@ class Command(BaseCommand):
             raise CommandError(f"The gateway did not serve gpt-4o through the fake upstream: "
                                f"{response.status_code} {response.text[:300]}")
 
-    async def _latency(self, direct, via, total: int, concurrency: int) -> dict:
+    async def _latency(self, direct, via, floor, total: int, concurrency: int) -> dict:
+        """Direct to the upstream, through the gateway and through the bare SDK proxy
+        (llm/benchmark/bare_proxy.py), one after the other in one run."""
         limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
         async with httpx.AsyncClient(limits=limits, timeout=60) as client:
             async def run(target) -> tuple[list[float], int, float]:
@@ -149,13 +156,19 @@ class Command(BaseCommand):
                 return samples, errors, time.perf_counter() - started
 
             await run(via)  # warm-up: connections, caches, pools
+            await run(floor)
             direct_samples, _, _ = await run(direct)
             via_samples, errors, elapsed = await run(via)
+            floor_samples, _, _ = await run(floor)
         figures = {}
         for p in (50, 99):
             figures[f"direct_p{p}_ms"] = _ms(_pct(direct_samples, p))
             figures[f"gateway_p{p}_ms"] = _ms(_pct(via_samples, p))
             figures[f"overhead_p{p}_ms"] = round(figures[f"gateway_p{p}_ms"] - figures[f"direct_p{p}_ms"], 2)
+        for p in (50, 99):
+            # What a proxy that only makes the same SDK call costs: the floor under the overhead.
+            figures[f"bare_sdk_proxy_overhead_p{p}_ms"] = round(_ms(_pct(floor_samples, p))
+                                                                 - figures[f"direct_p{p}_ms"], 2)
         figures.update({"requests": total, "errors": errors, "gateway_throughput_rps": round(total / elapsed, 1),
                         "gateway_mean_ms": _ms(statistics.mean(via_samples))})
         return figures
