@@ -124,7 +124,9 @@ if DATABASE_URL:
         # Django turns psycopg's prepared statements off (for PgBouncer in transaction mode). Its
         # own queries bind client-side and never prepare; the two hot-path function calls
         # (metering/meter_sql.py) bind server-side and are prepared on each pooled connection.
-        _db["OPTIONS"]["prepare_threshold"] = env.int("DB_PREPARE_THRESHOLD", default=5)
+        # "off" for a pooler that cannot keep prepared statements (PgBouncer before 1.21).
+        _prepare = env.str("DB_PREPARE_THRESHOLD", default="5")
+        _db["OPTIONS"]["prepare_threshold"] = None if _prepare.lower() == "off" else int(_prepare)
     DATABASES = {"default": _db}
 else:
     DATABASES = {
