@@ -1,6 +1,7 @@
 """The floor under the gateway's overhead, for `make bench`: a bare proxy that forwards a chat
-completion through the same `openai` SDK call the gateway makes (AsyncOpenAI, `client.post`) and
-does nothing else: no authentication, policy, admission, settlement, metrics or error mapping.
+completion through the same `openai` SDK call the gateway makes (AsyncOpenAI on the SDK's aiohttp
+transport, `client.post`) and does nothing else: no authentication, policy, admission, settlement,
+metrics or error mapping.
 
 Its overhead over going direct is what any Python gateway built on the SDK pays on this machine
 (ASGI server, JSON, the SDK's HTTP stack); the gateway's overhead minus this is its own work.
@@ -33,7 +34,8 @@ async def app(scope, receive, send) -> None:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 _client = openai.AsyncOpenAI(base_url=os.environ["OPENAI_BASE_URL"],
-                                             api_key=os.environ.get("OPENAI_API_KEY", "bench-key"))
+                                             api_key=os.environ.get("OPENAI_API_KEY", "bench-key"),
+                                             http_client=openai.DefaultAioHttpClient())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx2
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -73,9 +74,16 @@ class GeminiProvider:
         if not api_key:
             raise ValueError("gemini needs an API key")
         self.base_url = base_url
-        http_options = types.HttpOptions(base_url=base_url or None, timeout=int(timeout * 1000))
+        def client() -> genai.Client:
+            # google-genai switches its async calls to aiohttp whenever aiohttp is installed (the
+            # openai SDK's transport needs it), unless given an httpx transport: stay on httpx2,
+            # whose errors this provider maps (llm/providers/_common.py).
+            http_options = types.HttpOptions(base_url=base_url or None, timeout=int(timeout * 1000),
+                                             async_client_args={"transport": httpx2.AsyncHTTPTransport()})
+            return genai.Client(api_key=api_key, vertexai=False, http_options=http_options)
+
         self._clients: PerLoop[genai.Client] = PerLoop(
-            lambda: genai.Client(api_key=api_key, vertexai=False, http_options=http_options),
+            client,
             close=lambda client: client.aio.aclose(),
         )
 

@@ -2,9 +2,12 @@
 URL) and any OpenAI-compatible server (vLLM, Ollama, llama.cpp, LM Studio).
 
 One `AsyncOpenAI` client per provider instance and event loop (see `PerLoop`), `max_retries=0`:
-the gateway's router owns retries and fallback. Streams ask for usage (`stream_options.include_usage`);
-a server that ignores the option yields a final delta with `usage=None` and the gateway counts the
-tokens itself.
+the gateway's router owns retries and fallback. The client sends through the SDK's aiohttp transport
+(`DefaultAioHttpClient`, the SDK's documented choice for concurrency): a call cost about 1.9 ms over
+its default httpx2/httpcore2 stack against a local upstream here, 1.1-1.5 ms over aiohttp.
+
+Streams ask for usage (`stream_options.include_usage`); a server that ignores the option yields a
+final delta with `usage=None` and the gateway counts the tokens itself.
 
 The calls go through the SDK's own `post` (its HTTP client, auth and default headers, status
 handling and error classes) with the JSON body we build and `cast_to=object`: the response (and each
@@ -23,6 +26,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import openai
 from openai import AsyncStream
 from openai._types import RequestOptions
@@ -53,6 +57,17 @@ CONTENT_FILTER_CODES = frozenset({"content_filter", "content_policy_violation", 
 REQUEST_OPTIONS: RequestOptions = {"security": {"bearer_auth": True}}
 
 
+def _connect_failed(exc: BaseException) -> bool:
+    """The aiohttp transport reports every connection failure (refused, unresolvable host, server
+    gone) as a connect *timeout*; aiohttp's own error, further down the chain, tells them apart."""
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, aiohttp.ServerTimeoutError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def _detail(exc: openai.APIError) -> str:
     body = exc.body
     if isinstance(body, dict) and isinstance(body.get("message"), str):
@@ -75,7 +90,7 @@ class OpenAIProvider:
         self._max_tokens_param = "max_completion_tokens" if name == "openai" else "max_tokens"
         self._clients: PerLoop[openai.AsyncOpenAI] = PerLoop(
             lambda: openai.AsyncOpenAI(api_key=api_key or KEYLESS_PLACEHOLDER, base_url=base_url, timeout=timeout,
-                                       max_retries=0),
+                                       max_retries=0, http_client=openai.DefaultAioHttpClient()),
             close=lambda client: client.close(),
         )
 
@@ -105,7 +120,7 @@ class OpenAIProvider:
 
     def _error(self, exc: openai.OpenAIError, *, tokens_in: int = 0, tokens_out: int = 0) -> ProviderError:
         tokens = {"tokens_in": tokens_in, "tokens_out": tokens_out}
-        if isinstance(exc, openai.APITimeoutError):
+        if isinstance(exc, openai.APITimeoutError) and not _connect_failed(exc):
             return ProviderTimeout(f"{self.name}: timed out", **tokens)
         if isinstance(exc, openai.APIConnectionError):
             cause = exc.__cause__
