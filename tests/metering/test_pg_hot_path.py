@@ -105,3 +105,12 @@ def test_holds_go_with_their_reservation_and_their_meter(tenant_admin):
     assert not UsageHold.objects.filter(meter_id=meter_id).exists()
     assert UsageHold.objects.filter(reservation_id=second.admission.reservation_id).count() == \
         len(second.decision.holds) - 1
+
+
+def test_the_hot_path_functions_never_plan_a_table_scan():
+    """Their plans are cached per connection on the statistics of the moment; on a young or freshly
+    vacuumed database those say "a few rows", and a cached scan would slow down as the tables grow."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT proname, proconfig FROM pg_proc WHERE proname IN ('gateway_admit', 'gateway_settle')")
+        config = dict(cursor.fetchall())
+    assert config == {"gateway_admit": ["enable_seqscan=off"], "gateway_settle": ["enable_seqscan=off"]}

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
-from metering.bench import bench_data_delete, bench_tenant_user
+from metering.bench import bench_data_delete, bench_tables_vacuum, bench_tenant_user
 from metering.models import UsageLog
 from metering.services import meters_reconcile
 from tenants.tokens import tokens_for_user
@@ -98,6 +98,7 @@ class Command(BaseCommand):
                                "and REDIS_URL (make bench does).")
         user = bench_tenant_user()
         bench_data_delete(user.tenant)
+        bench_tables_vacuum()
         token = tokens_for_user(user)["access"]
         gateway_env = {"SECRET_KEY": settings.SECRET_KEY, "OPENAI_API_KEY": "bench-key", "LOG_LEVEL": "ERROR",
                        "PROMETHEUS_MULTIPROC_DIR": str(Path(settings.VAR_DIR) / "prometheus-bench"),

@@ -14,7 +14,7 @@ from django.db import connection, connections
 from django.utils import timezone
 
 from catalog.models import Task
-from metering.bench import bench_data_delete, bench_tenant_user
+from metering.bench import bench_data_delete, bench_tables_vacuum, bench_tenant_user
 from metering.policy import policy_evaluate
 from metering.services import CallOutcome, usage_admit, usage_settle
 from tenants.selectors import identity_resolve
@@ -41,6 +41,8 @@ class Command(BaseCommand):
         if not Task.objects.filter(code=options["task"]).exists():
             raise CommandError(f"Unknown task '{options['task']}' (run seed_catalog first).")
         user = bench_tenant_user()
+        bench_data_delete(user.tenant)  # a run stopped half-way leaves its rows
+        bench_tables_vacuum()
         context = identity_resolve(user_id=user.pk, tenant_id=user.tenant_id, ati_id=user.tenant.signup_ati_token_id)
         try:
             single = self._run(context, options["task"], options["iterations"], 1)
