@@ -15,16 +15,9 @@ import os
 
 import openai
 
+from llm.benchmark.fake_openai import read_body
+
 _client: openai.AsyncOpenAI | None = None
-
-
-async def _body(receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
 
 
 async def app(scope, receive, send) -> None:
@@ -46,7 +39,7 @@ async def app(scope, receive, send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
         return
-    request = json.loads(await _body(receive) or b"{}")
+    request = json.loads(await read_body(receive) or b"{}")
     assert _client is not None, "served without its lifespan start-up"
     body = {key: request.get(key) for key in ("model", "messages", "max_tokens")}
     completion = await _client.post("/chat/completions", body=body, cast_to=object)

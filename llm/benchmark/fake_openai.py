@@ -16,7 +16,7 @@ LATENCY = int(os.environ.get("FAKE_UPSTREAM_LATENCY_MS", "0")) / 1000
 WORDS = ["claim"] * 20
 
 
-async def _body(receive) -> bytes:
+async def read_body(receive) -> bytes:
     chunks = []
     while True:
         message = await receive()
@@ -34,7 +34,7 @@ async def app(scope, receive, send) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-    request = json.loads(await _body(receive) or b"{}")
+    request = json.loads(await read_body(receive) or b"{}")
     model = request.get("model", "gpt-4o")
     usage = {"prompt_tokens": 12, "completion_tokens": len(WORDS), "total_tokens": 12 + len(WORDS)}
     created = int(time.time())
