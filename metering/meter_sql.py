@@ -70,7 +70,8 @@ def _call_pg(sql: str, params: list) -> Any:
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(sql, params, prepare=True)
         value = cursor.fetchone()[0]
-    return json.loads(value) if isinstance(value, (str, bytes)) else value
+    # Django registers a jsonb loader that returns the text (its JSONField parses it itself).
+    return None if value is None else json.loads(value)
 
 
 def _iso(value: Any) -> str | None:
@@ -107,8 +108,7 @@ def admit_pg(*, reservation: Any, alert_day: Any, holds: list) -> dict:
     raise RuntimeError("gateway_admit found meters missing right after creating them")
 
 
-def settle_pg(*, reservation_id, reservation_status: str, now, free_key: bool, outcome, quota_keys: list[str]
-              ) -> dict | None:
+def settle_pg(*, reservation_id, reservation_status: str, now, free_key: bool, outcome) -> dict | None:
     """Returns None when the reservation was not ACTIVE (already settled, released or expired)."""
     payload = {
         "reservation": str(reservation_id), "reservation_status": reservation_status, "now": _iso(now),
@@ -117,6 +117,6 @@ def settle_pg(*, reservation_id, reservation_status: str, now, free_key: bool, o
         "model_class": outcome.model_class, "tokens_in": outcome.tokens_in, "tokens_out": outcome.tokens_out,
         "api_calls": outcome.api_calls, "cost": outcome.cost_micro_usd, "latency_ms": outcome.latency_ms,
         "error_code": outcome.error_code, "would_refuse": outcome.would_refuse_code,
-        "estimated": outcome.usage_estimated, "attempts": outcome.attempts, "quota_keys": quota_keys,
+        "estimated": outcome.usage_estimated, "attempts": outcome.attempts,
     }
     return _call_pg("SELECT gateway_settle(%s::jsonb)", [json.dumps(payload, cls=DjangoJSONEncoder)])

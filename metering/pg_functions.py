@@ -46,7 +46,6 @@ DECLARE
     h_limit bigint[];
     h_key text[];
     v_ids bigint[];
-    v_idx int[];
     v_failed int[];
     v_alerts bigint[];
 BEGIN
@@ -93,14 +92,13 @@ BEGIN
     IF COALESCE(cardinality(v_ids), 0) < COALESCE(cardinality(h_metric), 0) THEN
         RETURN jsonb_build_object('status', 'missing_meters');  -- nothing written; the caller retries
     END IF;
-    v_idx := ARRAY(SELECT generate_series(1, cardinality(v_ids)));
 
     -- Lock in meter-id order. Statements below take a new snapshot: they see the committed
     -- counters of every transaction that held these locks before us.
     PERFORM 1 FROM metering_usagemeter WHERE id = ANY(v_ids) ORDER BY id FOR NO KEY UPDATE;
 
     SELECT COALESCE(array_agg(x.i ORDER BY x.i), '{}') INTO v_failed
-    FROM unnest(v_ids, v_idx) AS x(id, i)
+    FROM unnest(v_ids) WITH ORDINALITY AS x(id, i)
     JOIN metering_usagemeter m ON m.id = x.id
     WHERE m.used + m.reserved + h_amount[x.i] > h_limit[x.i];
 
@@ -125,7 +123,7 @@ BEGIN
     WITH taken AS (
         UPDATE metering_usagemeter m
         SET reserved = m.reserved + h_amount[x.i], updated_at = p_now
-        FROM unnest(v_ids, v_idx) AS x(id, i)
+        FROM unnest(v_ids) WITH ORDINALITY AS x(id, i)
         WHERE m.id = x.id
         RETURNING m.id, m.reserved, x.i
     ), held AS (
@@ -169,7 +167,7 @@ DECLARE
     p_would_refuse text := p->>'would_refuse';
     p_estimated boolean := (p->>'estimated')::boolean;
     p_attempts jsonb := p->'attempts';
-    p_quota_keys text[] := ARRAY(SELECT jsonb_array_elements_text(p->'quota_keys'));
+    p_quota_keys text[] := __QUOTA_KEYS__;  -- the registry's quota keys, written in at install
     res record;
     v_feature text;
     v_remaining bigint;
@@ -266,28 +264,14 @@ $fn$;
 """
 
 
-_DROP_OLD = r"""
-DO $drop$
-DECLARE fn regprocedure;
-BEGIN
-    FOR fn IN SELECT oid::regprocedure FROM pg_proc
-              WHERE proname IN ('gateway_admit', 'gateway_settle') AND pronamespace = current_schema()::regnamespace
-                AND pg_get_function_identity_arguments(oid) <> 'p jsonb'
-    LOOP
-        EXECUTE 'DROP FUNCTION ' || fn;
-    END LOOP;
-END
-$drop$;
-"""
-
-
 def install_pg_functions(*, using: str = "default", **_: Any) -> None:
     from django.db import connections
 
     connection = connections[using]
     if connection.vendor != "postgresql":
         return
+    from metering.policy_keys import POLICY_KEYS, KeyKind
+
+    quota_keys = "ARRAY[" + ", ".join(f"'{key.name}'" for key in POLICY_KEYS.values() if key.kind == KeyKind.QUOTA)
     with connection.cursor() as cursor:
-        # Earlier versions took typed parameters: drop every overload, whatever its signature.
-        cursor.execute(_DROP_OLD, None)
-        cursor.execute(ADMIT + SETTLE, None)
+        cursor.execute(ADMIT + SETTLE.replace("__QUOTA_KEYS__", quota_keys + "]::text[]"), None)

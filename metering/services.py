@@ -175,9 +175,6 @@ def usage_admit(
                      would_refuse_code=would_code, would_refuse_message=would_message)
 
 
-QUOTA_KEYS = [key.name for key in POLICY_KEYS.values() if key.kind == KeyKind.QUOTA]
-
-
 def _admit_pg(*, reservation: UsageReservation, holds: list[HoldSpec], now: datetime) -> tuple[str, str]:
     result = meter_sql.admit_pg(reservation=reservation, alert_day=period_start(Window.DAY, now), holds=holds)
     if result["status"] == "in_flight":
@@ -274,7 +271,7 @@ def _settle(*, reservation_id: uuid.UUID, outcome: CallOutcome, now: datetime, r
 def _settle_pg(*, reservation_id: uuid.UUID, outcome: CallOutcome, now: datetime, reservation_status: str,
                free_key: bool) -> UsageLog | None:
     result = meter_sql.settle_pg(reservation_id=reservation_id, reservation_status=reservation_status, now=now,
-                                 free_key=free_key, outcome=outcome, quota_keys=QUOTA_KEYS)
+                                 free_key=free_key, outcome=outcome)
     if result is None:
         return None
     if result.get("status") == "lost":
