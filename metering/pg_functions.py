@@ -23,7 +23,11 @@ ADMIT = r"""
 -- Every statement here is a keyed lookup (ids, unique keys). Plans are cached per connection, chosen
 -- on the statistics of the moment: on a young or freshly vacuumed database they say "a few rows",
 -- and the cached plans would keep scanning the tables as they grow. No scans, whatever they say.
-CREATE OR REPLACE FUNCTION gateway_admit(p jsonb) RETURNS jsonb LANGUAGE plpgsql SET enable_seqscan = off AS $fn$
+-- And one plan per statement, kept: PL/pgSQL's plan cache otherwise keeps re-planning statements
+-- with parameters whenever it judges the generic plan no cheaper than a custom one (and for these
+-- it always does), which cost 0.3-0.5 ms of admission and 0.2-0.3 ms of settlement here.
+CREATE OR REPLACE FUNCTION gateway_admit(p jsonb) RETURNS jsonb LANGUAGE plpgsql
+SET enable_seqscan = off SET plan_cache_mode = force_generic_plan AS $fn$
 DECLARE
     p_reservation uuid := (p->>'reservation')::uuid;
     p_request_id text := p->>'request_id';
@@ -146,7 +150,9 @@ $fn$;
 """
 
 SETTLE = r"""
-CREATE OR REPLACE FUNCTION gateway_settle(p jsonb) RETURNS jsonb LANGUAGE plpgsql SET enable_seqscan = off AS $fn$
+-- The same planner settings as gateway_admit, for the same reasons.
+CREATE OR REPLACE FUNCTION gateway_settle(p jsonb) RETURNS jsonb LANGUAGE plpgsql
+SET enable_seqscan = off SET plan_cache_mode = force_generic_plan AS $fn$
 DECLARE
     p_reservation uuid := (p->>'reservation')::uuid;
     p_reservation_status text := p->>'reservation_status';
