@@ -1,5 +1,9 @@
 """Benchmark the enforcement hot path against the configured database:
-policy evaluation, admission (one transaction of conditional holds) and settlement."""
+policy evaluation, admission (one transaction of conditional holds) and settlement.
+
+On PostgreSQL it also prints the floor under admission + settlement: the same two round trips
+doing next to nothing (one row written with an asynchronous commit, as admission commits, then one
+written durably, as settlement commits). What the chain costs above that is the work itself."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import threading
 import time
 import uuid
 
+import psycopg
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, connections
 from django.utils import timezone
@@ -23,6 +28,32 @@ from tenants.selectors import identity_resolve
 def _percentile(samples: list[float], p: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def _floor(iterations: int) -> dict:
+    """Admission's and settlement's round trips and commits without their work, on connections of
+    their own (a scratch table, dropped afterwards). Single thread, prepared statements, as the
+    hot path runs."""
+    params = connection.settings_dict
+    conninfo = psycopg.conninfo.make_conninfo(
+        dbname=params["NAME"], user=params["USER"] or None, password=params["PASSWORD"] or None,
+        host=params["HOST"] or None, port=str(params["PORT"]) if params["PORT"] else None)
+    table = "bench_floor_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(conninfo, autocommit=True) as leased, psycopg.connect(conninfo, autocommit=True) as durable:
+        leased.execute("SET synchronous_commit = off")
+        durable.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, amount bigint NOT NULL)")
+        try:
+            insert = f"INSERT INTO {table} (amount) VALUES (%s)"
+            samples = []
+            for i in range(iterations + 50):
+                started = time.perf_counter()
+                leased.execute(insert, [i], prepare=True)
+                durable.execute(insert, [i], prepare=True)
+                if i >= 50:  # warm-up: connections, prepared statements
+                    samples.append(time.perf_counter() - started)
+        finally:
+            durable.execute(f"DROP TABLE {table}")
+    return {"p50_us": int(statistics.median(samples) * 1e6), "p99_us": int(_percentile(samples, 99) * 1e6)}
 
 
 class Command(BaseCommand):
@@ -52,17 +83,24 @@ class Command(BaseCommand):
                 bench_data_delete(user.tenant)
         report = {"database": connection.vendor, "single_thread": single,
                   f"{options['threads']}_threads_same_tenant": contended}
+        if connection.vendor == "postgresql":
+            report["floor_two_writes"] = _floor(options["iterations"])
         if options["json"]:
             self.stdout.write(json.dumps(report))
             return
         self.stdout.write(f"database: {connection.vendor}")
         for name, figures in report.items():
-            if name == "database":
+            if name in ("database", "floor_two_writes"):
                 continue
             self.stdout.write(f"\n{name}: {figures['operations']} operations, {figures['ops_per_second']} ops/s")
             for phase in ("policy", "admission", "settlement", "total"):
                 self.stdout.write(f"  {phase:<11} p50 {figures[phase]['p50_us']:>8} us   "
                                   f"p99 {figures[phase]['p99_us']:>8} us")
+        if "floor_two_writes" in report:
+            floor = report["floor_two_writes"]
+            self.stdout.write("\nfloor under admission + settlement (two round trips writing one row each, the "
+                              "first committed asynchronously, the second durably; no work):")
+            self.stdout.write(f"  {'total':<11} p50 {floor['p50_us']:>8} us   p99 {floor['p99_us']:>8} us")
 
     def _run(self, context, task_code: str, iterations: int, threads: int) -> dict:
         samples: dict[str, list[float]] = {"policy": [], "admission": [], "settlement": [], "total": []}
