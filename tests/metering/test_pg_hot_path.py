@@ -116,3 +116,15 @@ def test_the_hot_path_functions_never_plan_a_table_scan_and_plan_each_statement_
         config = dict(cursor.fetchall())
     settings = ["enable_seqscan=off", "plan_cache_mode=force_generic_plan"]
     assert config == {"gateway_admit": settings, "gateway_settle": settings}
+
+
+@pytest.mark.parametrize("texts", [
+    ["TOKENS", "", "NULL", "null", None, "a,b", "{x}", ' spaced ', 'say "hi"', "back\\slash", '\\"', "é ü"],
+])
+def test_hold_arrays_reach_postgresql_exactly_as_sent(texts):
+    """Holds travel as array literals inside the JSON parameter: any text, NULL and integer arrives as is."""
+    from metering.meter_sql import _pg_int_array, _pg_text_array
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT %s::text[], %s::bigint[]", [_pg_text_array(texts), _pg_int_array([1, None, -7, 10**15])])
+        assert cursor.fetchone() == (texts, [1, None, -7, 10**15])
