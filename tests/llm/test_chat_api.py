@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.db import connection
 from django.test import AsyncClient, override_settings
 
 from catalog.models import ProviderModel, Task
@@ -51,6 +52,15 @@ def tenant_meter(tenant, metric: str, window: str) -> UsageMeter:
 
 def slot_meter(tenant) -> UsageMeter:
     return UsageMeter.objects.get(tenant=tenant, user=None, task__code=TASK, metric=Metric.CONCURRENT)
+
+
+def slot_reserved_then_close(tenant) -> int:
+    """For a coroutine outside any request: asgiref runs it on its long-lived sync thread, where a
+    connection left open would outlive the test database."""
+    try:
+        return slot_meter(tenant).reserved
+    finally:
+        connection.close()
 
 
 def assert_settled() -> None:
@@ -294,7 +304,7 @@ def test_concurrency_limit_while_another_call_is_in_flight(tenant_admin, monkeyp
         client = AsyncClient()
         first = asyncio.create_task(post(client))
         await asyncio.wait_for(gate["entered"].wait(), 10)
-        in_flight = (await sync_to_async(slot_meter)(tenant_admin.tenant)).reserved
+        in_flight = await sync_to_async(slot_reserved_then_close)(tenant_admin.tenant)
         second = await asyncio.wait_for(post(client), 10)
         gate["release"].set()
         return in_flight, await asyncio.wait_for(first, 10), second
