@@ -78,18 +78,10 @@ def _iso(value: Any) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def _pg_int_array(values: Iterable[int | None]) -> str:
-    """A PostgreSQL array literal of integers, None as NULL."""
-    return "{" + ",".join("NULL" if v is None else str(int(v)) for v in values) + "}"
-
-
-def _pg_text_array(values: Iterable[str | None]) -> str:
-    """A PostgreSQL array literal of texts: every element quoted (so any text is safe), None as NULL.
-    Escaping runs only for the rare text that needs it (admission builds four of these per call)."""
+def _pg_array(values: Iterable[Any]) -> str:
+    """A PostgreSQL array literal: every element quoted (so any text is safe), None as NULL."""
     return "{" + ",".join(
-        "NULL" if v is None else '"' + v + '"' if '"' not in v and "\\" not in v
-        else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        for v in values
+        "NULL" if v is None else '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values
     ) + "}"
 
 
@@ -102,11 +94,11 @@ def admit_pg(*, reservation: Any, alert_day: Any, holds: list) -> dict:
         "task": r.task_id, "mode": r.enforcement_mode, "now": _iso(r.created_at), "expires": _iso(r.expires_at),
         "idempotency_key": r.idempotency_key, "fingerprint": r.request_fingerprint, "alert_day": _iso(alert_day),
         "ensure_meters": False,
-        "h_user": _pg_int_array(h.user_id for h in holds), "h_task": _pg_int_array(h.task_id for h in holds),
-        "h_metric": _pg_text_array(h.metric for h in holds), "h_window": _pg_text_array(h.window for h in holds),
-        "h_period": _pg_text_array(_iso(h.period_start) for h in holds),
-        "h_amount": _pg_int_array(h.amount for h in holds), "h_limit": _pg_int_array(h.limit for h in holds),
-        "h_key": _pg_text_array(h.key for h in holds),
+        "h_user": _pg_array(h.user_id for h in holds), "h_task": _pg_array(h.task_id for h in holds),
+        "h_metric": _pg_array(h.metric for h in holds), "h_window": _pg_array(h.window for h in holds),
+        "h_period": _pg_array(_iso(h.period_start) for h in holds),
+        "h_amount": _pg_array(int(h.amount) for h in holds), "h_limit": _pg_array(int(h.limit) for h in holds),
+        "h_key": _pg_array(h.key for h in holds),
     }
     for ensure_meters in (False, True):
         payload["ensure_meters"] = ensure_meters

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 from django.core.cache import cache
 from django.core.management import call_command
+from django.db import connection
 from django.test import override_settings
 from rest_framework.test import APIClient
 
@@ -23,6 +24,13 @@ def pytest_collection_modifyitems(config, items):
     if os.environ.get("CI") and not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
         raise pytest.UsageError("CI must set DATABASE_URL and REDIS_URL so that no test skips.")
 
+
+def require_postgres(needs: str = "PostgreSQL") -> None:
+    """Skip a PostgreSQL-only test on SQLite, but fail it in CI, where every service is there."""
+    if connection.vendor != "postgresql":
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs this on PostgreSQL (set DATABASE_URL): it needs {needs}.")
+        pytest.skip(f"needs {needs}: set DATABASE_URL (CI does)")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -28,7 +28,7 @@ from llm.db import db_step
 from metering.models import UsageLog, UsageReservation
 from metering.services import meters_reconcile
 from tenants.tokens import tokens_for_user
-from tests.conftest import Persona, assert_error
+from tests.conftest import Persona, assert_error, require_postgres
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -304,10 +304,7 @@ def test_a_client_gone_before_the_first_event_is_settled(tenant_admin, settings)
 def test_a_client_gone_while_its_admission_waits_for_a_lock_is_settled_when_it_commits(tenant_admin):
     """Cancelling the request cannot stop the admission already running in its thread: when that
     admission commits, the call is settled as cancelled at once (its concurrency slot freed)."""
-    if connection.vendor != "postgresql":
-        if os.environ.get("CI"):
-            pytest.fail("CI runs this on PostgreSQL (set DATABASE_URL).")
-        pytest.skip("needs PostgreSQL row locks: set DATABASE_URL (CI does)")
+    require_postgres("PostgreSQL row locks")
     token = tokens_for_user(tenant_admin.user)["access"]
     assert send("POST", URL, json=BODY, headers=bearer(tenant_admin)).status_code == 200  # meters exist now
     params = connection.settings_dict

@@ -10,11 +10,11 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from asgiref.sync import ThreadSensitiveContext, sync_to_async
-from django.db import connection
+from asgiref.sync import ThreadSensitiveContext
 from django.test import AsyncClient, override_settings
 
 from catalog.models import ProviderModel, Task
+from llm.db import db_step
 from llm.providers.offline import OfflineProvider
 from llm.tokenizer import messages_tokens
 from metering.models import Metric, UsageLog, UsageMeter, UsageReservation, Window
@@ -52,15 +52,6 @@ def tenant_meter(tenant, metric: str, window: str) -> UsageMeter:
 
 def slot_meter(tenant) -> UsageMeter:
     return UsageMeter.objects.get(tenant=tenant, user=None, task__code=TASK, metric=Metric.CONCURRENT)
-
-
-def slot_reserved_then_close(tenant) -> int:
-    """For a coroutine outside any request: asgiref runs it on its long-lived sync thread, where a
-    connection left open would outlive the test database."""
-    try:
-        return slot_meter(tenant).reserved
-    finally:
-        connection.close()
 
 
 def assert_settled() -> None:
@@ -304,7 +295,9 @@ def test_concurrency_limit_while_another_call_is_in_flight(tenant_admin, monkeyp
         client = AsyncClient()
         first = asyncio.create_task(post(client))
         await asyncio.wait_for(gate["entered"].wait(), 10)
-        in_flight = await sync_to_async(slot_reserved_then_close)(tenant_admin.tenant)
+        # db_step, as the gateway's own steps: asgiref runs it on its long-lived sync thread, where a
+        # connection left open would outlive the test database.
+        in_flight = (await db_step(slot_meter)(tenant_admin.tenant)).reserved
         second = await asyncio.wait_for(post(client), 10)
         gate["release"].set()
         return in_flight, await asyncio.wait_for(first, 10), second

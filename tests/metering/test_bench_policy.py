@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 
 import pytest
 from django.core.management import call_command
@@ -15,16 +14,14 @@ from django.db import connection
 from metering.bench import BENCH_SLUG
 from metering.models import UsageLog, UsageMeter, UsageReservation
 from metering.services import meters_reconcile
+from tests.conftest import require_postgres
 
 
 @pytest.fixture
 def postgres(transactional_db, catalog):
     # Its worker threads use connections of their own: the data must be committed, not inside a
     # test's transaction.
-    if connection.vendor != "postgresql":
-        if os.environ.get("CI"):
-            pytest.fail("CI runs this on PostgreSQL (set DATABASE_URL).")
-        pytest.skip("needs PostgreSQL: set DATABASE_URL (CI does)")
+    require_postgres()
 
 
 def _run(*args: str) -> dict:

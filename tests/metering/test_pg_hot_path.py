@@ -3,7 +3,6 @@ has. Everything else about admission and settlement is tested on both databases 
 
 from __future__ import annotations
 
-import os
 import uuid
 from datetime import timedelta
 
@@ -16,14 +15,12 @@ from metering import services
 from metering.models import UsageHold, UsageLog, UsageMeter, UsageReservation
 from metering.spool import spool_pending, spool_replay
 from tenants.selectors import identity_resolve
+from tests.conftest import require_postgres
 
 
 @pytest.fixture(autouse=True)
 def _postgres_only(db, settings, tmp_path):
-    if connection.vendor != "postgresql":
-        if os.environ.get("CI"):
-            pytest.fail("CI runs these on PostgreSQL (set DATABASE_URL).")
-        pytest.skip("needs PostgreSQL: set DATABASE_URL (CI does)")
+    require_postgres()
     settings.METERING_SPOOL_DIR = tmp_path / "spool"
 
 
@@ -123,8 +120,8 @@ def test_the_hot_path_functions_never_plan_a_table_scan_and_plan_each_statement_
 ])
 def test_hold_arrays_reach_postgresql_exactly_as_sent(texts):
     """Holds travel as array literals inside the JSON parameter: any text, NULL and integer arrives as is."""
-    from metering.meter_sql import _pg_int_array, _pg_text_array
+    from metering.meter_sql import _pg_array
 
     with connection.cursor() as cursor:
-        cursor.execute("SELECT %s::text[], %s::bigint[]", [_pg_text_array(texts), _pg_int_array([1, None, -7, 10**15])])
+        cursor.execute("SELECT %s::text[], %s::bigint[]", [_pg_array(texts), _pg_array([1, None, -7, 10**15])])
         assert cursor.fetchone() == (texts, [1, None, -7, 10**15])

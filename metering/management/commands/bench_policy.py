@@ -34,12 +34,9 @@ def _floor(iterations: int) -> dict:
     """Admission's and settlement's round trips and commits without their work, on connections of
     their own (a scratch table, dropped afterwards). Single thread, prepared statements, as the
     hot path runs."""
-    params = connection.settings_dict
-    conninfo = psycopg.conninfo.make_conninfo(
-        dbname=params["NAME"], user=params["USER"] or None, password=params["PASSWORD"] or None,
-        host=params["HOST"] or None, port=str(params["PORT"]) if params["PORT"] else None)
+    params = {**connection.get_connection_params(), "autocommit": True}
     table = "bench_floor_" + uuid.uuid4().hex[:8]
-    with psycopg.connect(conninfo, autocommit=True) as leased, psycopg.connect(conninfo, autocommit=True) as durable:
+    with psycopg.connect(**params) as leased, psycopg.connect(**params) as durable:
         leased.execute("SET synchronous_commit = off")
         durable.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, amount bigint NOT NULL)")
         try:
@@ -81,17 +78,15 @@ class Command(BaseCommand):
         finally:
             if not options["keep"]:
                 bench_data_delete(user.tenant)
-        report = {"database": connection.vendor, "single_thread": single,
-                  f"{options['threads']}_threads_same_tenant": contended}
+        runs = {"single_thread": single, f"{options['threads']}_threads_same_tenant": contended}
+        report = {"database": connection.vendor, **runs}
         if connection.vendor == "postgresql":
             report["floor_two_writes"] = _floor(options["iterations"])
         if options["json"]:
             self.stdout.write(json.dumps(report))
             return
         self.stdout.write(f"database: {connection.vendor}")
-        for name, figures in report.items():
-            if name in ("database", "floor_two_writes"):
-                continue
+        for name, figures in runs.items():
             self.stdout.write(f"\n{name}: {figures['operations']} operations, {figures['ops_per_second']} ops/s")
             for phase in ("policy", "admission", "settlement", "total"):
                 self.stdout.write(f"  {phase:<11} p50 {figures[phase]['p50_us']:>8} us   "

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from metering.models import AlertDelivery, Notification, QuotaAlert
+from tests.conftest import require_postgres
 from tests.integration.gateway_server import database_url, free_port
 from tests.metering.alerts.receivers import signature_ok
 from tests.metering.alerts.test_delivery import PER_CALL, metered_call, warn_at_next_call
@@ -36,10 +36,7 @@ ROOT = Path(__file__).resolve().parents[3]
 def broker_and_postgres(transactional_db):
     if not os.environ.get("REDIS_URL"):
         pytest.skip("needs Redis as the Celery broker: set REDIS_URL (CI does)")
-    if connection.vendor != "postgresql":
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the Celery worker test on PostgreSQL (set DATABASE_URL).")
-        pytest.skip("needs PostgreSQL shared with the worker process: set DATABASE_URL (CI does)")
+    require_postgres("PostgreSQL shared with the worker process")
 
 
 class SmtpInbox:
