@@ -37,6 +37,21 @@ def _run(columns: str, items: list[tuple[int, int, int]], set_clause: str, condi
         return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
 
 
+def meters_lock(meter_ids: list[int]) -> None:
+    """PostgreSQL: lock the meters in id order before a multi-row UPDATE (whose own row order is not
+    defined), so two requests sharing meters never deadlock. SQLite serializes writers already."""
+    if not meter_ids or connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT 1 FROM {_T} WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE",
+                       [sorted(set(meter_ids))])
+
+
+def meters_usage(meter_ids: list[int]) -> dict[int, tuple[int, int]]:
+    """{meter_id: (used, reserved)} as the current transaction sees them."""
+    return {m: (u, r) for m, u, r in UsageMeter.objects.filter(pk__in=meter_ids).values_list("id", "used", "reserved")}
+
+
 def holds_take(items: list[tuple[int, int, int]]) -> dict[int, tuple[int, int]]:
     """items: (meter_id, amount, limit). Adds each amount to `reserved` only where
     used + reserved + amount <= limit. Returns {meter_id: (used, reserved)} for the holds taken."""
@@ -87,7 +102,8 @@ def _pg_array(values: Iterable[Any]) -> str:
 
 def admit_pg(*, reservation: Any, alert_day: Any, holds: list) -> dict:
     """reservation: the unsaved UsageReservation to create; holds: HoldSpec list. Returns {"status":
-    "admitted"|"refused"|"in_flight", "failed": [1-based indexes into holds], "alerts": [new alert ids]}."""
+    "admitted"|"refused"|"in_flight", "failed": [1-based indexes into holds], "failed_usage": [[used,
+    reserved] of each failed hold's meter], "alerts": [new alert ids]}."""
     r = reservation
     payload = {
         "reservation": str(r.pk), "request_id": r.request_id, "tenant": r.tenant_id, "user": r.user_id,
@@ -108,15 +124,16 @@ def admit_pg(*, reservation: Any, alert_day: Any, holds: list) -> dict:
     raise RuntimeError("gateway_admit found meters missing right after creating them")
 
 
-def settle_pg(*, reservation_id, reservation_status: str, now, free_key: bool, outcome) -> dict | None:
-    """Returns None when the reservation was not ACTIVE (already settled, released or expired)."""
+def settle_pg(*, reservation_id, now, free_key: bool, outcome) -> dict | None:
+    """Returns None when the reservation was settled already."""
     payload = {
-        "reservation": str(reservation_id), "reservation_status": reservation_status, "now": _iso(now),
+        "reservation": str(reservation_id), "now": _iso(now),
         "free_key": free_key, "response_status": outcome.response_status, "response_body": outcome.response_body,
         "status": outcome.status, "provider": outcome.provider, "model_name": outcome.model_name,
         "model_class": outcome.model_class, "tokens_in": outcome.tokens_in, "tokens_out": outcome.tokens_out,
         "api_calls": outcome.api_calls, "cost": outcome.cost_micro_usd, "latency_ms": outcome.latency_ms,
         "error_code": outcome.error_code, "would_refuse": outcome.would_refuse_code,
         "estimated": outcome.usage_estimated, "attempts": outcome.attempts,
+        "max_tokens_fitted": outcome.max_tokens_fitted,
     }
     return _call_pg("SELECT gateway_settle(%s::jsonb)", [json.dumps(payload, cls=DjangoJSONEncoder)])

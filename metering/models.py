@@ -223,6 +223,12 @@ class UsageLog(models.Model):
         max_length=64, blank=True, help_text="SHADOW/SOFT: the refusal HARD mode would have returned."
     )
     usage_estimated = models.BooleanField(default=False)
+    settled_late = models.BooleanField(
+        default=False, help_text="Settled after its lease expired and its holds were released: charged all the same."
+    )
+    max_tokens_fitted = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Budget fitting shrank the call's max_tokens to this to fit the quota left."
+    )
     attempts = models.JSONField(default=list, blank=True, help_text="Failed provider attempts before this one.")
     admitted_at = models.DateTimeField(help_text="Admission time; decides the meter periods this row counts in.")
     created_at = models.DateTimeField()

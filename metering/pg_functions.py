@@ -51,6 +51,7 @@ DECLARE
     h_key text[];
     v_ids bigint[];
     v_failed int[];
+    v_failed_usage jsonb;
     v_alerts bigint[];
 BEGIN
     -- Holds are leases, not the ledger: this commit need not wait for the WAL flush (the meter
@@ -101,13 +102,15 @@ BEGIN
     -- counters of every transaction that held these locks before us.
     PERFORM 1 FROM metering_usagemeter WHERE id = ANY(v_ids) ORDER BY id FOR NO KEY UPDATE;
 
-    SELECT COALESCE(array_agg(x.i ORDER BY x.i), '{}') INTO v_failed
+    SELECT COALESCE(array_agg(x.i ORDER BY x.i), '{}'),
+           COALESCE(jsonb_agg(jsonb_build_array(m.used, m.reserved) ORDER BY x.i), '[]')
+    INTO v_failed, v_failed_usage
     FROM unnest(v_ids) WITH ORDINALITY AS x(id, i)
     JOIN metering_usagemeter m ON m.id = x.id
     WHERE m.used + m.reserved + h_amount[x.i] > h_limit[x.i];
 
     IF p_mode = 'HARD' AND cardinality(v_failed) > 0 THEN
-        RETURN jsonb_build_object('status', 'refused', 'failed', to_jsonb(v_failed));
+        RETURN jsonb_build_object('status', 'refused', 'failed', to_jsonb(v_failed), 'failed_usage', v_failed_usage);
     END IF;
 
     INSERT INTO metering_usagereservation (id, request_id, status, enforcement_mode, expires_at, created_at,
@@ -138,13 +141,15 @@ BEGIN
                                          observed_value, created_at)
         SELECT p_tenant, t.id, 'CONCURRENCY_LIMIT', p_alert_day, h_key[t.i], h_limit[t.i], t.reserved, p_now
         FROM taken t
-        WHERE h_metric[t.i] = 'CONCURRENT' AND h_limit[t.i] > 0 AND t.reserved * 100 >= h_limit[t.i] * 90
+        WHERE h_metric[t.i] = 'CONCURRENT' AND h_limit[t.i] > 0
+          AND t.reserved * 100 >= h_limit[t.i] * __CONCURRENCY_PERCENT__
         ON CONFLICT DO NOTHING
         RETURNING id
     )
     SELECT COALESCE(array_agg(id), '{}') INTO v_alerts FROM alerts;
 
-    RETURN jsonb_build_object('status', 'admitted', 'failed', to_jsonb(v_failed), 'alerts', to_jsonb(v_alerts));
+    RETURN jsonb_build_object('status', 'admitted', 'failed', to_jsonb(v_failed), 'failed_usage', v_failed_usage,
+                              'alerts', to_jsonb(v_alerts));
 END
 $fn$;
 """
@@ -155,7 +160,6 @@ CREATE OR REPLACE FUNCTION gateway_settle(p jsonb) RETURNS jsonb LANGUAGE plpgsq
 SET enable_seqscan = off SET plan_cache_mode = force_generic_plan AS $fn$
 DECLARE
     p_reservation uuid := (p->>'reservation')::uuid;
-    p_reservation_status text := p->>'reservation_status';
     p_now timestamptz := (p->>'now')::timestamptz;
     p_free_key boolean := (p->>'free_key')::boolean;
     p_response_status int := (p->>'response_status')::int;
@@ -173,6 +177,7 @@ DECLARE
     p_would_refuse text := p->>'would_refuse';
     p_estimated boolean := (p->>'estimated')::boolean;
     p_attempts jsonb := p->'attempts';
+    p_max_tokens_fitted int := (p->>'max_tokens_fitted')::int;
     p_quota_keys text[] := __QUOTA_KEYS__;  -- the registry's quota keys, written in at install
     res record;
     v_feature text;
@@ -183,19 +188,32 @@ DECLARE
     v_amounts bigint[];
     v_keys text[];
     v_limits bigint[];
+    v_late boolean := false;
 BEGIN
-    -- The claim: exactly one settlement (or release) of an ACTIVE reservation changes anything.
+    -- The claim: exactly one settlement of a reservation changes anything.
     UPDATE metering_usagereservation
-    SET status = p_reservation_status, settled_at = p_now, response_status = p_response_status,
+    SET status = 'COMPLETED', settled_at = p_now, response_status = p_response_status,
         response_body = p_response_body,
         idempotency_key = CASE WHEN p_free_key THEN NULL ELSE idempotency_key END
     WHERE id = p_reservation AND status = 'ACTIVE'
     RETURNING request_id, tenant_id, user_id, task_id, enforcement_mode, created_at INTO res;
     IF NOT FOUND THEN
-        IF NOT EXISTS (SELECT 1 FROM metering_usagereservation WHERE id = p_reservation) THEN
-            RETURN jsonb_build_object('status', 'lost');  -- its admission was lost in a database crash
+        -- The lease ran out (or an operator released it) while the call was still running: its holds
+        -- were released, but what it used is charged all the same (flagged settled_late).
+        UPDATE metering_usagereservation r
+        SET status = 'COMPLETED', settled_at = p_now, response_status = p_response_status,
+            response_body = p_response_body,
+            idempotency_key = CASE WHEN p_free_key THEN NULL ELSE r.idempotency_key END
+        WHERE r.id = p_reservation AND r.status IN ('EXPIRED', 'RELEASED')
+          AND NOT EXISTS (SELECT 1 FROM metering_usagelog l WHERE l.reservation_id = p_reservation)
+        RETURNING request_id, tenant_id, user_id, task_id, enforcement_mode, created_at INTO res;
+        IF NOT FOUND THEN
+            IF NOT EXISTS (SELECT 1 FROM metering_usagereservation WHERE id = p_reservation) THEN
+                RETURN jsonb_build_object('status', 'lost');  -- its admission was lost in a database crash
+            END IF;
+            RETURN NULL;  -- settled already: idempotent
         END IF;
-        RETURN NULL;  -- settled, released or expired already: idempotent
+        v_late := true;
     END IF;
 
     SELECT f.code INTO v_feature FROM catalog_task t JOIN catalog_feature f ON f.id = t.feature_id
@@ -214,25 +232,20 @@ BEGIN
     -- crossed (80 % warns, 100 % exceeded; once per meter, kind and period: the unique constraint).
     WITH moved AS (
         UPDATE metering_usagemeter m
-        SET reserved = m.reserved - x.amount,
-            used = m.used + CASE m.metric WHEN 'TOKENS' THEN p_tokens_in + p_tokens_out
-                                          WHEN 'COST' THEN p_cost
-                                          WHEN 'API_CALLS' THEN p_api_calls
-                                          WHEN 'REQUESTS' THEN 1
-                                          ELSE 0 END,
+        SET reserved = m.reserved - CASE WHEN v_late THEN 0 ELSE x.amount END,
+            used = m.used + __ACTUAL__,
             updated_at = p_now
         FROM unnest(v_meters, v_amounts, v_keys, v_limits) AS x(id, amount, policy_key, limit_value)
         WHERE m.id = x.id
         RETURNING m.id, m.metric, m.used, m.reserved, m.period_start, x.policy_key, x.limit_value,
-                  CASE m.metric WHEN 'TOKENS' THEN p_tokens_in + p_tokens_out WHEN 'COST' THEN p_cost
-                                WHEN 'API_CALLS' THEN p_api_calls WHEN 'REQUESTS' THEN 1 ELSE 0 END AS added
+                  __ACTUAL__ AS added
     ), quota AS (
         SELECT * FROM moved WHERE policy_key = ANY(p_quota_keys)
     ), alerts AS (
         INSERT INTO metering_quotaalert (tenant_id, meter_id, kind, period_start, policy_key, limit_value,
                                          observed_value, created_at)
         SELECT res.tenant_id, q.id, t.kind, q.period_start, q.policy_key, q.limit_value, q.used, p_now
-        FROM quota q CROSS JOIN (VALUES (80, 'QUOTA_WARNING'), (100, 'QUOTA_EXCEEDED')) AS t(percent, kind)
+        FROM quota q CROSS JOIN (VALUES __THRESHOLDS__) AS t(percent, kind)
         WHERE q.limit_value > 0 AND q.added > 0 AND q.used - q.added < q.limit_value * t.percent / 100
           AND q.limit_value * t.percent / 100 <= q.used
         ON CONFLICT DO NOTHING
@@ -245,10 +258,12 @@ BEGIN
     INSERT INTO metering_usagelog (request_id, reservation_id, tenant_id, user_id, task_id, feature_code, provider,
                                    model_name, model_class, tokens_in, tokens_out, api_calls, cost_micro_usd,
                                    latency_ms, status, error_code, enforcement_mode, would_refuse_code,
-                                   usage_estimated, attempts, admitted_at, created_at)
+                                   usage_estimated, attempts, settled_late, max_tokens_fitted, admitted_at,
+                                   created_at)
     VALUES (res.request_id, p_reservation, res.tenant_id, res.user_id, res.task_id, v_feature, p_provider,
             p_model_name, p_model_class, p_tokens_in, p_tokens_out, p_api_calls, p_cost, p_latency_ms, p_status,
-            p_error_code, res.enforcement_mode, p_would_refuse, p_estimated, p_attempts, res.created_at, p_now)
+            p_error_code, res.enforcement_mode, p_would_refuse, p_estimated, p_attempts, v_late, p_max_tokens_fitted,
+            res.created_at, p_now)
     RETURNING id INTO v_log;
 
     INSERT INTO metering_usagedaily AS d (tenant_id, user_id, task_id, model_name, day, requests, refused,
@@ -263,7 +278,7 @@ BEGIN
     RETURN jsonb_build_object(
         'log_id', v_log, 'request_id', res.request_id, 'tenant_id', res.tenant_id, 'user_id', res.user_id,
         'task_id', res.task_id, 'feature_code', v_feature, 'enforcement_mode', res.enforcement_mode,
-        'admitted_at', res.created_at, 'alerts', to_jsonb(v_alerts),
+        'admitted_at', res.created_at, 'alerts', to_jsonb(v_alerts), 'late', v_late,
         'remaining', CASE WHEN v_remaining IS NULL THEN NULL ELSE GREATEST(v_remaining, 0) END);
 END
 $fn$;
@@ -276,8 +291,19 @@ def install_pg_functions(*, using: str = "default", **_: Any) -> None:
     connection = connections[using]
     if connection.vendor != "postgresql":
         return
+    with connection.cursor() as cursor:
+        cursor.execute(functions_sql(), None)
+
+
+def functions_sql() -> str:
+    """The functions' SQL with the shared rules (metering/rules.py) and the key registry written in."""
     from metering.policy_keys import POLICY_KEYS, KeyKind
+    from metering.rules import CONCURRENCY_PERCENT, EXCEEDED_PERCENT, WARN_PERCENT, actual_sql
 
     quota_keys = "ARRAY[" + ", ".join(f"'{key.name}'" for key in POLICY_KEYS.values() if key.kind == KeyKind.QUOTA)
-    with connection.cursor() as cursor:
-        cursor.execute(ADMIT + SETTLE.replace("__QUOTA_KEYS__", quota_keys + "]::text[]"), None)
+    actual = actual_sql("m.metric", {"tokens_in": "p_tokens_in", "tokens_out": "p_tokens_out",
+                                     "cost_micro_usd": "p_cost", "api_calls": "p_api_calls"})
+    thresholds = f"({WARN_PERCENT}, 'QUOTA_WARNING'), ({EXCEEDED_PERCENT}, 'QUOTA_EXCEEDED')"
+    return (ADMIT.replace("__CONCURRENCY_PERCENT__", str(CONCURRENCY_PERCENT))
+            + SETTLE.replace("__QUOTA_KEYS__", quota_keys + "]::text[]").replace("__ACTUAL__", actual)
+            .replace("__THRESHOLDS__", thresholds))

@@ -8,7 +8,7 @@ from celery import shared_task
 from django.db import OperationalError
 from django.utils import timezone
 
-from metering import services
+from metering import services, spool
 from metering.alerts import channels as alert_channels
 from metering.alerts import services as alert_services
 
@@ -16,7 +16,7 @@ from metering.alerts import services as alert_services
 @shared_task(autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
 def alert_notify(alert_id: int) -> int:
     """A new QuotaAlert: in-app notifications for the tenant's admins, then one delivery per channel."""
-    created = services.alert_notifications_create(alert_id=alert_id)
+    created = alert_services.alert_notifications_create(alert_id=alert_id)
     alert_services.alert_deliveries_create(alert_id=alert_id)
     return created
 
@@ -62,6 +62,4 @@ def expire_reservations() -> int:
 
 @shared_task(autoretry_for=(OperationalError,), retry_backoff=True, max_retries=3)
 def replay_usage_spool() -> int:
-    from metering import spool
-
     return spool.spool_replay()

@@ -28,6 +28,7 @@ from metering.alerts.crypto import (
     secret_generate,
     secret_reencrypt,
 )
+from metering.dispatch import task_enqueue
 from metering.models import AlertChannel, AlertDelivery, Metric, Notification, QuotaAlert, UsageDigest
 
 logger = logging.getLogger("gateway.alerts")
@@ -157,16 +158,16 @@ def deliveries_enqueue(deliveries: list[tuple[int, str]]) -> None:
     """Hand each delivery to its task. With a broker that is a message; in the embedded mode (Celery
     eager) network deliveries run on a background thread so that they never delay the request whose
     commit enqueued them (ALERT_EAGER_IN_BACKGROUND)."""
-    from metering.tasks import deliver_alert
+    from gateway_project.celery import app
 
     for delivery_id, kind in deliveries:
         try:
-            if (deliver_alert.app.conf.task_always_eager and settings.ALERT_EAGER_IN_BACKGROUND
+            if (app.conf.task_always_eager and settings.ALERT_EAGER_IN_BACKGROUND
                     and _network_kind(kind)):
                 threading.Thread(target=_deliver_in_background, args=(delivery_id,), daemon=True,
                                  name=f"alert-delivery-{delivery_id}").start()
             else:
-                deliver_alert.delay(delivery_id)
+                task_enqueue("metering.tasks.deliver_alert", delivery_id)
         except Exception:  # a broker outage must not break anything: the beat sweeper picks it up
             logger.exception("could not enqueue alert delivery %s; the retry sweeper will", delivery_id)
 
@@ -189,13 +190,11 @@ def _deliver_in_background(delivery_id: int) -> None:
 def deliveries_retry_due(*, now: datetime | None = None) -> int:
     """Beat: re-enqueue deliveries that are due or whose task was lost (the claim prevents doubles), and
     alerts whose `alert_notify` never ran (the broker was down when their settlement committed)."""
-    from metering.tasks import alert_notify
-
     now = now or timezone.now()
     grace = timedelta(seconds=settings.ALERT_PENDING_GRACE_SECONDS)
     for alert_id in selectors.alerts_unnotified(now=now, grace=grace):
         try:
-            alert_notify.delay(alert_id)
+            task_enqueue("metering.tasks.alert_notify", alert_id)
         except Exception:
             logger.exception("could not enqueue alert_notify for alert %s", alert_id)
     due = selectors.deliveries_due(now=now, pending_grace=grace)
@@ -257,8 +256,6 @@ def _send(delivery: AlertDelivery) -> ch.SendResult:
         return ch.send_email(subject=message.title, body=ch.email_body(message),
                              recipients=selectors.tenant_admin_emails(tenant_id=delivery.alert.tenant_id))
     if delivery.kind == Kind.IN_APP:
-        from metering.services import alert_notifications_create
-
         created = alert_notifications_create(alert_id=delivery.alert_id)  # idempotent; usually done already
         return ch.SendResult(detail=f"in-app notifications in place ({created} new)")
     if delivery.kind == Kind.WEBHOOK:
@@ -392,11 +389,9 @@ def notifications_prune(*, now: datetime | None = None) -> dict[str, int]:
 
 def usage_digests_enqueue(*, day: date) -> list[int]:
     """Beat: one digest task per active tenant that used the gateway that UTC day."""
-    from metering.tasks import send_usage_digest
-
     tenant_ids = selectors.tenants_with_usage(day=day)
     for tenant_id in tenant_ids:
-        send_usage_digest.delay(tenant_id, day.isoformat())
+        task_enqueue("metering.tasks.send_usage_digest", tenant_id, day.isoformat())
     return tenant_ids
 
 
@@ -447,3 +442,30 @@ def usage_digest_send(*, tenant_id: int, day: date) -> str:
     UsageDigest.objects.filter(pk=digest.pk).update(status=UsageDigest.Status.SENT, recipients=len(recipients),
                                                     sent_at=timezone.now())
     return "sent"
+
+
+# ========================================================================================= in-app
+
+@transaction.atomic
+def alert_notifications_create(*, alert_id: int) -> int:
+    """In-app notifications for the tenant's admins. Idempotent: claimed with a conditional update."""
+    from tenants.models import User
+
+    claimed = QuotaAlert.objects.filter(pk=alert_id, notified_at__isnull=True).update(notified_at=timezone.now())
+    if claimed != 1:
+        return 0
+    alert = QuotaAlert.objects.select_related("meter__task").get(pk=alert_id)
+    task = alert.meter.task.code if alert.meter.task_id else "all tasks"
+    titles = {
+        QuotaAlert.Kind.QUOTA_WARNING: f"{alert.policy_key} is over 80 % ({task})",
+        QuotaAlert.Kind.QUOTA_EXCEEDED: f"{alert.policy_key} is used up ({task})",
+        QuotaAlert.Kind.CONCURRENCY_LIMIT: f"{alert.policy_key} is at 90 % of its slots ({task})",
+    }
+    body = f"{alert.observed_value} of {alert.limit_value} ({alert.get_kind_display()})."
+    admins = User.objects.filter(tenant_id=alert.tenant_id, role=User.Role.ADMIN, is_active=True)
+    Notification.objects.bulk_create(
+        [Notification(tenant_id=alert.tenant_id, user=admin, alert=alert, kind=alert.kind,
+                      title=titles[alert.kind], body=body) for admin in admins],
+        ignore_conflicts=True,
+    )
+    return admins.count()

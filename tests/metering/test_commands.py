@@ -264,18 +264,30 @@ def test_expire_reservations_releases_an_expired_reservation(tenant_admin):
     out = run("expire_reservations")
     assert "Released 1 expired reservation." in out
     assert UsageReservation.objects.get(pk=stale.reservation_id).status == UsageReservation.Status.EXPIRED
-    log = UsageLog.objects.get(request_id="req-stale")
-    assert log.status == UsageLog.Status.EXPIRED and log.tokens_in == log.tokens_out == log.cost_micro_usd == 0
+    # Expiry charges nothing and writes no ledger row: the call is in the ledger once, when it reports.
+    assert not UsageLog.objects.filter(request_id="req-stale").exists()
     # The live lease keeps its holds; nothing else is reserved.
     assert UsageReservation.objects.get(pk=running.reservation_id).status == UsageReservation.Status.ACTIVE
     live = {h.meter_id: h.amount for h in UsageReservation.objects.get(pk=running.reservation_id).holds.all()}
     for meter in UsageMeter.objects.filter(tenant=tenant):
         assert meter.reserved == live.get(meter.pk, 0), meter
     assert services.meters_reconcile() == []
-    # Once released, it stays released: a second run finds nothing, settling late changes nothing.
+    # Once released, it stays released: a second run finds nothing.
     assert "Released 0 expired reservations." in run("expire_reservations")
+    # The call was still running: when it settles late it is charged what it used (never nothing),
+    # flagged in the ledger; its holds are not released twice. Settling again changes nothing.
+    used_before = {m.pk: m.used for m in stale_meters}
+    late = services.usage_settle(reservation_id=stale.reservation_id, outcome=services.CallOutcome(
+        status=UsageLog.Status.SUCCESS, tokens_in=100, tokens_out=100, api_calls=1))
+    assert late is not None and late.settled_late
+    row = UsageLog.objects.get(request_id="req-stale")
+    assert (row.status, row.tokens_in + row.tokens_out, row.settled_late) == (UsageLog.Status.SUCCESS, 200, True)
+    for meter in UsageMeter.objects.filter(pk__in=used_before):
+        if meter.metric == "TOKENS":
+            assert meter.used == used_before[meter.pk] + 200
     assert services.usage_settle(reservation_id=stale.reservation_id, outcome=services.CallOutcome(
         status=UsageLog.Status.SUCCESS, tokens_in=100, tokens_out=100)) is None
+    assert UsageLog.objects.filter(request_id="req-stale").count() == 1
     assert run_json("expire_reservations") == {"released": 0}
     services.usage_settle(reservation_id=running.reservation_id,
                           outcome=success(evaluate(user)))
@@ -318,6 +330,7 @@ def test_reconcile_meters_reports_and_fixes_drift(tenant_admin):
 @pytest.fixture
 def spool_dir(settings, tmp_path):
     settings.METERING_SPOOL_DIR = tmp_path / "spool"
+    settings.METERING_SPOOL_REDIS_URL = ""  # the file spool (embedded); Redis: tests/metering/test_spool.py
     return settings.METERING_SPOOL_DIR
 
 

@@ -1,0 +1,209 @@
+"""Holds and settlement (DESIGN.md §3): admission takes every hold of one request or none, in one
+short transaction; settlement moves the holds to used with the actual amounts and writes the one
+immutable ledger row, exactly once; a lease that stops renewing expires and releases its holds, and
+a settlement that comes after that still charges what the call used (flagged `settled_late`).
+
+The two implementations (PostgreSQL function, Python) are in `metering/services/backends.py`;
+everything here is the same whichever runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from gateway_project.errors import Conflict, TooManyRequests
+from metering import meter_sql
+from metering.models import UsageHold, UsageLog, UsageMeter, UsageReservation
+from metering.periods import seconds_until_reset
+from metering.policy import EnforcementDecision, HoldSpec
+from metering.policy_keys import POLICY_KEYS, KeyKind
+from metering.rules import REFUSAL_BY_KIND, REFUSAL_ORDER, CallOutcome
+from metering.services import thresholds
+from metering.services.backends import ReservationLost, alert_day, holds_backend
+from metering.services.ledger import _log_line
+
+logger = logging.getLogger("gateway.metering")
+
+__all__ = ["Admission", "IdempotencyInFlight", "ReservationLost", "idempotency_lookup", "meters_ensure",
+           "reservation_release", "reservation_renew", "reservations_expire", "usage_admit", "usage_settle"]
+
+
+class IdempotencyInFlight(Exception):
+    """Another request with the same Idempotency-Key holds the key; the caller waits for its result."""
+
+
+@dataclass
+class Admission:
+    reservation_id: uuid.UUID
+    request_id: str
+    admitted_at: datetime
+    enforcement_mode: str
+    would_refuse_code: str = ""
+    would_refuse_message: str = ""
+
+
+def _meter_key(tenant_id: int, hold: HoldSpec) -> tuple:
+    return (tenant_id, hold.user_id, hold.task_id, hold.metric, hold.window, hold.period_start)
+
+
+def _meter_ids(keys: set[tuple]) -> dict[tuple, int]:
+    q = Q()
+    for k in keys:
+        q |= Q(tenant_id=k[0], user_id=k[1], task_id=k[2], metric=k[3], window=k[4], period_start=k[5])
+    return {
+        (r["tenant_id"], r["user_id"], r["task_id"], r["metric"], r["window"], r["period_start"]): r["id"]
+        for r in UsageMeter.objects.filter(q).values("id", "tenant_id", "user_id", "task_id", "metric", "window",
+                                                     "period_start")
+    }
+
+
+def meters_ensure(*, tenant_id: int, holds: list[HoldSpec], now: datetime | None = None) -> dict[tuple, int]:
+    """Meter ids for these holds, creating missing rows (insert-or-ignore: safe under races)."""
+    keys = {_meter_key(tenant_id, h) for h in holds}
+    if not keys:
+        return {}
+    found = _meter_ids(keys)
+    missing = keys - found.keys()
+    if missing:
+        UsageMeter.objects.bulk_create(
+            [UsageMeter(tenant_id=k[0], user_id=k[1], task_id=k[2], metric=k[3], window=k[4], period_start=k[5])
+             for k in missing],
+            ignore_conflicts=True,
+        )
+        found.update(_meter_ids(missing))
+    return found
+
+
+def _refusal(holds: list[HoldSpec], failed: list[int], failed_usage: dict[int, tuple[int, int]],
+             now: datetime) -> tuple[str, str, int, HoldSpec]:
+    """(code, message, Retry-After, hold) for the first crossed limit, by kind."""
+    by_kind = {POLICY_KEYS[holds[i].key].kind: i for i in failed}
+    for kind in REFUSAL_ORDER:
+        index = by_kind.get(kind)
+        if index is None:
+            continue
+        hold = holds[index]
+        scope = "this task" if hold.task_id else "all tasks"
+        used, reserved = failed_usage.get(index, (None, None))
+        if used is None:
+            state = f"limit {hold.limit}"
+        else:
+            left = max(0, hold.limit - used - reserved)
+            state = f"limit {hold.limit}, used {used}, held by calls in progress {reserved}, left {left}"
+        message = (f"{hold.key} would be exceeded for {scope} ({hold.source}): {state}; "
+                   f"this request needs {hold.amount}.")
+        retry = 1 if kind == KeyKind.CONCURRENCY else seconds_until_reset(hold.window, now)
+        return REFUSAL_BY_KIND[kind], message, retry, hold
+    raise AssertionError("no failed hold")  # pragma: no cover
+
+
+def usage_admit(
+    *,
+    tenant_id: int,
+    user_id: int,
+    decision: EnforcementDecision,
+    request_id: str,
+    mode: str,
+    now: datetime,
+    idempotency_key: str | None = None,
+    fingerprint: str = "",
+) -> Admission:
+    """Take every hold of one request or none. HARD refuses at the first crossed limit (429);
+    SHADOW and SOFT take the hold anyway and record what HARD would have refused."""
+    reservation = UsageReservation(
+        request_id=request_id, tenant_id=tenant_id, user_id=user_id, task_id=decision.task.id,
+        enforcement_mode=mode, created_at=now, expires_at=now + timedelta(seconds=settings.RESERVATION_LEASE_SECONDS),
+        idempotency_key=idempotency_key, request_fingerprint=fingerprint,
+    )
+    holds = decision.holds
+    result = holds_backend().admit(reservation=reservation, holds=holds, alert_day=alert_day(now))
+    if result.status == "in_flight":
+        raise IdempotencyInFlight()
+    thresholds.alerts_notify(result.alerts)
+    admission = Admission(reservation_id=reservation.pk, request_id=request_id, admitted_at=now,
+                          enforcement_mode=mode)
+    if result.failed:
+        code, message, retry_after, _hold = _refusal(holds, result.failed, result.failed_usage, now)
+        if result.status == "refused":
+            raise TooManyRequests(message, code=code, retry_after=retry_after)
+        admission.would_refuse_code, admission.would_refuse_message = code, message
+    return admission
+
+
+def usage_settle(*, reservation_id: uuid.UUID, outcome: CallOutcome, now: datetime | None = None) -> UsageLog | None:
+    """Move holds to used with the actual amounts and write the ledger row. Idempotent: a second
+    settlement changes nothing and is logged. After expiry it still charges (`settled_late`)."""
+    now = now or timezone.now()
+    # A failed call leaves its Idempotency-Key free for a real retry.
+    settled = holds_backend().settle(reservation_id=reservation_id, outcome=outcome, now=now,
+                                     free_key=outcome.status != UsageLog.Status.SUCCESS)
+    if settled is None:
+        logger.warning("settle skipped: reservation %s was settled already", reservation_id)
+        return None
+    thresholds.alerts_notify(settled.alerts)
+    if settled.late:
+        logger.warning("reservation %s settled after its lease expired: charged %s tokens, %s micro-USD",
+                       reservation_id, outcome.tokens_in + outcome.tokens_out, outcome.cost_micro_usd)
+    _log_line(settled.log, decision="settled_late" if settled.late else "allowed")
+    return settled.log
+
+
+@transaction.atomic
+def _release(*, reservation_id: uuid.UUID, status: str, now: datetime) -> bool:
+    """Free the holds of an ACTIVE reservation, charging nothing (the call may still settle late).
+    Writes no ledger row: a call is in the ledger once, when it reports what it used."""
+    claimed = UsageReservation.objects.filter(pk=reservation_id, status=UsageReservation.Status.ACTIVE).update(
+        status=status, settled_at=now, idempotency_key=None)
+    if claimed != 1:
+        return False
+    holds = list(UsageHold.objects.filter(reservation_id=reservation_id).order_by("meter_id")
+                 .values_list("meter_id", "amount"))
+    meter_sql.meters_lock([meter_id for meter_id, _ in holds])
+    meter_sql.holds_move([(meter_id, amount, 0) for meter_id, amount in holds])
+    logger.info("reservation %s %s: holds released", reservation_id, status.lower())
+    return True
+
+
+def reservation_release(*, reservation_id: uuid.UUID, reason: str = "released") -> bool:
+    """Release a stuck reservation by hand (admin action): holds freed, nothing charged."""
+    released = _release(reservation_id=reservation_id, status=UsageReservation.Status.RELEASED, now=timezone.now())
+    if released:
+        logger.warning("reservation %s released by hand (%s)", reservation_id, reason)
+    return released
+
+
+def reservations_expire(*, now: datetime | None = None) -> int:
+    """Release the holds of every lease that stopped renewing. Safe to run from several workers."""
+    now = now or timezone.now()
+    ids = UsageReservation.objects.filter(status=UsageReservation.Status.ACTIVE, expires_at__lt=now).values_list(
+        "pk", flat=True
+    )
+    return sum(_release(reservation_id=reservation_id, status=UsageReservation.Status.EXPIRED, now=now)
+               for reservation_id in list(ids[:1000]))
+
+
+def reservation_renew(*, reservation_id: uuid.UUID, now: datetime | None = None) -> bool:
+    """A running call extends its lease so it is never released under it."""
+    now = now or timezone.now()
+    return bool(
+        UsageReservation.objects.filter(pk=reservation_id, status=UsageReservation.Status.ACTIVE).update(
+            expires_at=now + timedelta(seconds=settings.RESERVATION_LEASE_SECONDS)
+        )
+    )
+
+
+def idempotency_lookup(*, tenant_id: int, key: str, fingerprint: str) -> UsageReservation | None:
+    """The earlier reservation that holds this key, or None. A different body under the same key is a 409."""
+    existing = UsageReservation.objects.filter(tenant_id=tenant_id, idempotency_key=key).first()
+    if existing is not None and existing.request_fingerprint != fingerprint:
+        raise Conflict("This Idempotency-Key was used with a different request body.", code="idempotency_conflict")
+    return existing
+
