@@ -287,7 +287,14 @@ ROUTER_BACKOFF_MAX_SECONDS = env.float("ROUTER_BACKOFF_MAX_SECONDS", default=1.0
 # How stale (per process) the breaker and latency state other processes wrote may be; this
 # process's own failures and successes are seen at once. 0: read the shared cache on every call.
 ROUTER_STATE_TTL_SECONDS = env.float("ROUTER_STATE_TTL_SECONDS", default=1.0)
+# Usage of calls that ran while the metering database was down (metering/spool.py): one Redis hash
+# that every gateway host shares; the directory is the fallback when that Redis is down too, and the
+# store itself without Redis (embedded: one host). Empty METERING_SPOOL_REDIS_URL: the directory only.
 METERING_SPOOL_DIR = Path(env.str("METERING_SPOOL_DIR", default=str(VAR_DIR / "spool")))
+METERING_SPOOL_REDIS_URL = env.str("METERING_SPOOL_REDIS_URL", default=REDIS_URL)
+METERING_SPOOL_REDIS_KEY = env.str("METERING_SPOOL_REDIS_KEY", default="metering:usage-spool")
+# How long a replayer's claim on a record keeps other replayers off it (a crashed one's claim expires).
+METERING_SPOOL_CLAIM_SECONDS = env.int("METERING_SPOOL_CLAIM_SECONDS", default=60)
 
 # --- LLM providers ------------------------------------------------------------------
 # A provider is configured when its key (openai_compatible: its base URL) is set here; otherwise

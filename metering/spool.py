@@ -1,9 +1,19 @@
 """Durable usage spool for SHADOW/SOFT when the metering database is unreachable.
 
-A call that ran while the database was down is written here as one JSON file (written to a
-temporary name, fsynced, renamed: a crash never leaves half a record). `spool_replay` records
-each file in one transaction (ledger row + meters) and deletes it after commit. The ledger's
-unique request_id makes a replay after a crash between commit and delete a no-op: exactly once.
+Where a record goes (one per call, keyed by its request_id):
+- Redis (`METERING_SPOOL_REDIS_URL`, default `REDIS_URL`): one HSET into one hash that every gateway
+  process on every host shares. A single command, so a crash never leaves half a record; as durable as
+  Redis is (production runs it with AOF).
+- A JSON file in `METERING_SPOOL_DIR` when there is no Redis (the embedded default: one host, so that
+  directory is the shared store) or when Redis is unreachable too. The file is written to a temporary
+  name, fsynced, renamed and its directory fsynced. Such a host's files move to Redis at its next spool
+  write that reaches Redis, and any replay on that host records them.
+
+`spool_replay` records each record in its own transaction (ledger row + meters) and removes it from its
+store only after that commit. The ledger's unique request_id makes a record that is already recorded a
+no-op, so a crash between commit and removal, or two replayers on one record, still records it once. A
+claim in Redis (SET NX with an expiry) keeps concurrent replayers off each other's records; a crashed
+replayer's claim expires after `METERING_SPOOL_CLAIM_SECONDS`, so no record is stranded.
 """
 
 from __future__ import annotations
@@ -11,19 +21,50 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import redis
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from metering.models import UsageHold, UsageLog, UsageMeter, UsageReservation
 from metering.policy import HoldSpec
 from metering.services import CallOutcome, _log_line, meters_ensure, usage_daily_add, usage_settle
 
 logger = logging.getLogger("gateway.metering.spool")
+
+# spool_write runs on the request path while the database is down: a Redis that is down too must
+# send the record to disk quickly, not after redis-py's default ten retries.
+_REDIS_TIMEOUT_SECONDS = 2.0
+_clients: dict[str, redis.Redis] = {}
+_clients_lock = threading.Lock()
+# Deletes a claim only if it is still ours: one that expired and was taken by another replayer stays.
+_RELEASE_CLAIM = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+def _redis() -> redis.Redis | None:
+    url = settings.METERING_SPOOL_REDIS_URL
+    if not url:
+        return None
+    client = _clients.get(url)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(url) or redis.Redis.from_url(
+                url, socket_timeout=_REDIS_TIMEOUT_SECONDS, socket_connect_timeout=_REDIS_TIMEOUT_SECONDS,
+                retry=Retry(NoBackoff(), 1),
+            )
+            _clients[url] = client
+    return client
 
 
 def _dir() -> Path:
@@ -35,7 +76,8 @@ def _dir() -> Path:
 def spool_write(
     *, request_id: str, tenant_id: int, user_id: int, task_id: int, feature_code: str, mode: str,
     admitted_at: datetime, holds: list[HoldSpec], outcome: CallOutcome, would_refuse_code: str = "",
-) -> Path:
+) -> Path | None:
+    """Keep a call's usage for `spool_replay`. Returns the file written, or None if it went to Redis."""
     record = {
         "request_id": request_id, "tenant_id": tenant_id, "user_id": user_id, "task_id": task_id,
         "feature_code": feature_code, "mode": mode, "admitted_at": admitted_at.isoformat(),
@@ -43,47 +85,123 @@ def spool_write(
         "holds": [{**asdict(h), "period_start": h.period_start.isoformat()} for h in holds],
         "outcome": {k: v for k, v in asdict(outcome).items() if k not in ("response_body",)},
     }
+    data = json.dumps(record)
+    client = _redis()
+    if client is not None:
+        try:
+            client.hset(settings.METERING_SPOOL_REDIS_KEY, request_id, data)
+        except RedisError:
+            logger.error("metering database and spool Redis unavailable: usage of %s spooled to this host's disk",
+                         request_id)
+        else:
+            logger.warning("metering database unavailable: usage of %s spooled to Redis", request_id)
+            _files_to_redis(client)
+            return None
+    path = _file_write(request_id, data)
+    logger.warning("metering database unavailable: usage of %s spooled to disk", request_id)
+    return path
+
+
+def _file_write(request_id: str, data: str) -> Path:
     directory = _dir()
     final = directory / f"{request_id}.json"
     temporary = directory / f".{request_id}.tmp"
     with open(temporary, "w") as handle:
-        json.dump(record, handle)
+        handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, final)
-    logger.warning("metering database unavailable: usage of %s spooled to disk", request_id)
+    # The rename itself must survive a power cut, not only the file's bytes.
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
     return final
 
 
+def _files_to_redis(client: redis.Redis) -> None:
+    """Move the records this host wrote to disk while Redis was down into the shared hash, so any
+    host's replay records them (and a replaced host loses none). Best effort: the call is not failed."""
+    try:
+        for path in _dir().glob("*.json"):
+            # HSET before unlink: a crash between the two leaves the record in both stores, recorded once.
+            client.hset(settings.METERING_SPOOL_REDIS_KEY, path.stem, path.read_text())
+            path.unlink(missing_ok=True)
+    except (RedisError, OSError):
+        logger.warning("could not move this host's spooled usage to Redis; it stays on disk", exc_info=True)
+
+
 def spool_pending() -> int:
-    return sum(1 for _ in _dir().glob("*.json"))
+    """Records not yet recorded: the shared Redis hash plus this host's files."""
+    pending = sum(1 for _ in _dir().glob("*.json"))
+    client = _redis()
+    if client is not None:
+        try:
+            pending += client.hlen(settings.METERING_SPOOL_REDIS_KEY)
+        except RedisError:
+            logger.warning("spool Redis unavailable: counting this host's spooled files only")
+    return pending
 
 
 def spool_replay() -> int:
-    """Record every spooled call. Returns how many were recorded now."""
+    """Record every spooled call (Redis, then this host's files). Returns how many were recorded now."""
     recorded = 0
-    for path in sorted(_dir().glob("*.json")):
-        record = json.loads(path.read_text())
+    client = _redis()
+    if client is not None:
         try:
-            recorded += _replay_one(record)
-        except IntegrityError:
-            pass  # already recorded by an earlier replay that crashed before deleting the file
-        path.unlink(missing_ok=True)
+            recorded += _replay_redis(client)
+        except RedisError:
+            logger.warning("spool Redis unavailable: replaying this host's spooled files only", exc_info=True)
+    for path in sorted(_dir().glob("*.json")):
+        try:
+            raw = path.read_text()
+        except FileNotFoundError:
+            continue  # another replayer on this host recorded and removed it
+        recorded += _replay_and_remove(raw, remove=lambda p=path: p.unlink(missing_ok=True))
     return recorded
 
 
+def _replay_redis(client: redis.Redis) -> int:
+    key = settings.METERING_SPOOL_REDIS_KEY
+    release = client.register_script(_RELEASE_CLAIM)
+    recorded = 0
+    for field, raw in client.hscan_iter(key, count=100):
+        request_id = field.decode()
+        claim, token = f"{key}:claim:{request_id}", uuid.uuid4().hex
+        if not client.set(claim, token, nx=True, ex=settings.METERING_SPOOL_CLAIM_SECONDS):
+            continue  # another replayer has it (or had it, and crashed: its claim expires)
+        try:
+            recorded += _replay_and_remove(raw.decode(), remove=lambda f=field: client.hdel(key, f))
+        finally:
+            release(keys=[claim], args=[token])
+    return recorded
+
+
+def _replay_and_remove(raw: str, *, remove: Callable[[], Any]) -> int:
+    """Record one spooled call, then remove it from its store, only once its ledger row is committed."""
+    record = json.loads(raw)
+    try:
+        recorded = _replay_one(record)
+    except IntegrityError:
+        if not UsageLog.objects.filter(request_id=record["request_id"]).exists():
+            # Not a duplicate (say, its tenant was deleted): keep the usage and say so, every replay.
+            logger.exception("spooled usage of %s cannot be recorded; it stays in the spool", record["request_id"])
+            return 0
+        recorded = 0  # a concurrent replayer committed it first
+    remove()
+    return recorded
 @transaction.atomic
 def _replay_one(record: dict) -> int:
     admitted_at = datetime.fromisoformat(record["admitted_at"])
     outcome = CallOutcome(**record["outcome"])
     if UsageLog.objects.filter(request_id=record["request_id"]).exists():
         return 0  # recorded already (a replay that crashed before deleting the file, or a settled call)
-    admitted = UsageReservation.objects.filter(
-        request_id=record["request_id"], status=UsageReservation.Status.ACTIVE
-    ).values_list("pk", flat=True).first()
+    admitted = UsageReservation.objects.filter(request_id=record["request_id"]).values_list("pk", flat=True).first()
     if admitted is not None:
         # Admitted while the database was up, spooled because settlement failed: settle the
-        # reservation (its holds become the actual usage) instead of losing the record.
+        # reservation (its holds become the actual usage). An outage longer than the lease finds it
+        # expired, holds released: settled late, it is still charged what the call used.
         return 1 if usage_settle(reservation_id=admitted, outcome=outcome) is not None else 0
     holds = [HoldSpec(**{**h, "period_start": datetime.fromisoformat(h["period_start"])}) for h in record["holds"]]
     reservation = UsageReservation.objects.create(

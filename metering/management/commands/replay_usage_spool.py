@@ -1,4 +1,5 @@
-"""Record the usage spooled to disk while the metering database was unreachable (exactly once)."""
+"""Record the usage spooled (to Redis, or this host's disk) while the metering database was unreachable,
+exactly once, whichever host and however many replayers run it."""
 
 from __future__ import annotations
 
