@@ -266,6 +266,10 @@ if GATEWAY_ENFORCEMENT_MODE not in {"SHADOW", "SOFT", "HARD"}:
 RESERVATION_LEASE_SECONDS = env.int("RESERVATION_LEASE_SECONDS", default=120)
 # How old the usage a usage-based throttle rule reads may be (per process; 0 = read every call).
 POLICY_USAGE_CACHE_SECONDS = env.float("POLICY_USAGE_CACHE_SECONDS", default=1.0)
+# The offline provider serves canned text: on in the embedded default, off in production unless switched on.
+OFFLINE_PROVIDER_ENABLED = env.bool("OFFLINE_PROVIDER_ENABLED", default=not PRODUCTION)
+# Off: a candidate list with a model of a configured real provider never falls to offline. On: operators allow it.
+OFFLINE_PROVIDER_MIX = env.bool("OFFLINE_PROVIDER_MIX", default=False)
 OFFLINE_PROVIDER_LATENCY_MS = env.int("OFFLINE_PROVIDER_LATENCY_MS", default=0)
 IDEMPOTENCY_WAIT_SECONDS = env.int("IDEMPOTENCY_WAIT_SECONDS", default=30)
 

@@ -118,12 +118,19 @@ async def chat_completions_endpoint(*, method: str, headers: Mapping[str, str], 
 
 
 def _models_for(entitlements: PlanEntitlements, models: list[ModelInfo], task_code: str) -> list[dict]:
+    """Only what a request could be served by now: a model whose provider is configured (and priced:
+    an unpriced model is never routed to), a class with at least one such model."""
+    from llm.providers.registry import providers_configured  # to be moved to the module's imports
+
     allowed = entitlements.model_classes.get(task_code, ())
     created = int(time.time())
+    configured = providers_configured()
+    listed = [m for m in models if m.model_class in allowed and m.provider in configured and m.is_priced]
+    servable_classes = {m.model_class for m in listed}
     entries = [{"id": code, "object": "model", "created": created, "owned_by": "gateway:model-class"}
-               for code in allowed]
+               for code in allowed if code in servable_classes]
     entries += [{"id": m.model_name, "object": "model", "created": created, "owned_by": m.provider,
-                 "model_class": m.model_class} for m in models if m.model_class in allowed]
+                 "model_class": m.model_class} for m in listed]
     return entries
 
 

@@ -28,7 +28,7 @@ from gateway_project.errors import BadRequest, Conflict, GatewayError, ServiceUn
 from llm import calls, metrics, router
 from llm.db import db_step
 from llm.providers.base import ChatResult, Provider, ProviderError
-from llm.providers.registry import provider_get
+from llm.providers.registry import servable
 from llm.tokenizer import messages_tokens
 from metering import services as metering
 from metering.models import UsageLog, UsageReservation
@@ -223,7 +223,7 @@ def _settle(admitted: _Admitted, context: TenantContext, request_id: str, outcom
 
 
 def _candidates(decision: EnforcementDecision, context: TenantContext) -> list[tuple[ModelInfo, Provider]]:
-    configured = [(m, p) for m in decision.candidates if (p := provider_get(m.provider)) is not None]
+    configured = servable(decision.candidates)
     strategy = router.strategy_for(plan_code=context.plan_code, task_code=decision.task.code)
     ordered = router.order_candidates([m for m, _ in configured], classes=decision.model_classes,
                                       strategy=strategy, tokens_in=decision.tokens_in,

@@ -9,7 +9,10 @@ A provider is configured by its settings (environment) first:
     openai_compatible  OPENAI_COMPATIBLE_BASE_URL (+ OPENAI_COMPATIBLE_API_KEY, optional)
 
 and otherwise by the provider's active ProviderCredential (admin), decrypted in this process
-(a credential without a base URL uses the settings' base URL). `offline` is always configured.
+(a credential without a base URL uses the settings' base URL). `offline` needs no configuration and
+serves canned text, so it is configured only while OFFLINE_PROVIDER_ENABLED (on in the embedded
+default, off with GATEWAY_ENV=production), and `servable` keeps it out of any candidate list that a
+configured real provider serves unless OFFLINE_PROVIDER_MIX says an operator wants them mixed.
 
 The active credentials are read through a GenerationCache: the shared cache holds only their
 encrypted form, each process keeps a local copy, and an admin save bumps the generation so every
@@ -27,6 +30,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -36,7 +40,12 @@ from llm.crypto import CredentialDecryptionError, decrypt
 from llm.providers.base import Provider
 from llm.providers.offline import OfflineProvider
 
+if TYPE_CHECKING:
+    from catalog.selectors import ModelInfo
+
 logger = logging.getLogger(__name__)
+
+OFFLINE = "offline"
 
 credential_cache = GenerationCache("provider-credentials")
 
@@ -216,8 +225,8 @@ def _offline() -> OfflineProvider:
 
 def provider_get(name: str) -> Provider | None:
     """The provider client, or None when it is not configured (no key / base URL)."""
-    if name == "offline":
-        return _offline()
+    if name == OFFLINE:
+        return _offline() if settings.OFFLINE_PROVIDER_ENABLED else None
     config = provider_config(name)
     if config is None:
         return None
@@ -237,7 +246,21 @@ def provider_get(name: str) -> Provider | None:
 
 
 def providers_configured() -> set[str]:
-    return {"offline"} | {name for name in ENV_SETTINGS if provider_config(name) is not None}
+    configured = {name for name in ENV_SETTINGS if provider_config(name) is not None}
+    return (configured | {OFFLINE}) if settings.OFFLINE_PROVIDER_ENABLED else configured
+
+
+def servable(models: list[ModelInfo]) -> list[tuple[ModelInfo, Provider]]:
+    """The candidates that can be served now, each with its client, in their given order.
+
+    A model whose provider is not configured is dropped. Offline answers are canned: where a
+    configured real provider serves any of the candidates, the offline models are dropped too
+    (they would otherwise win on cost ties and latency), unless OFFLINE_PROVIDER_MIX.
+    """
+    pairs = [(m, p) for m in models if (p := provider_get(m.provider)) is not None]
+    if settings.OFFLINE_PROVIDER_MIX or all(m.provider == OFFLINE for m, _ in pairs):
+        return pairs
+    return [(m, p) for m, p in pairs if m.provider != OFFLINE]
 
 
 def clear_local() -> None:

@@ -80,11 +80,13 @@ def test_mixed_run_matches_what_the_fakes_billed_to_the_token(fakes, tenant_admi
     for model in MODELS.values():
         statuses.append(call(tenant_admin, model, stream=False)[0].status_code)
         statuses.append(call(tenant_admin, model, stream=True)[0].status_code)
-    # Faults: a 503 on OpenAI falls back (BASE_S: gpt-4o-mini -> offline-base-s); a 429 on Anthropic with the
-    # model pinned fails; a stream cut mid-way on Gemini after a few chunks is charged for what was sent.
+    # Faults: a 503 on OpenAI falls back to the cheapest real model of the next class (auto: gpt-4o-mini ->
+    # grok-3-mini; offline-base-s is never mixed in with real providers); a 429 on Anthropic with the model
+    # pinned fails; a stream cut mid-way on Gemini after a few chunks is charged for what was sent.
     fakes["openai"].fail_next(503)
-    r, body = call(tenant_admin, "BASE_S", stream=False)
-    assert r.status_code == 200 and body["model"] == "offline-base-s"
+    r, body = call(tenant_admin, "auto", stream=False)
+    assert r.status_code == 200 and body["model"] == "grok-3-mini"
+    assert [a["model"] for a in UsageLog.objects.latest("id").attempts] == ["gpt-4o-mini"]
     fakes["anthropic"].fail_next(429)
     r, _ = call(tenant_admin, "claude-haiku-4-5", stream=False)
     assert r.status_code == 503

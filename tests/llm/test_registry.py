@@ -16,7 +16,7 @@ from llm.providers.anthropic_provider import AnthropicProvider
 from llm.providers.gemini import GeminiProvider
 from llm.providers.offline import OfflineProvider
 from llm.providers.openai_provider import OpenAIProvider
-from llm.providers.registry import provider_config, provider_get, providers_configured
+from llm.providers.registry import provider_config, provider_get, providers_configured, servable
 
 NO_PROVIDER_SETTINGS = {
     "OPENAI_API_KEY": "", "OPENAI_BASE_URL": "",
@@ -25,6 +25,7 @@ NO_PROVIDER_SETTINGS = {
     "ANTHROPIC_API_KEY": "", "ANTHROPIC_BASE_URL": "",
     "OPENAI_COMPATIBLE_BASE_URL": "", "OPENAI_COMPATIBLE_API_KEY": "",
     "PROVIDER_TIMEOUT_SECONDS": 60.0,
+    "OFFLINE_PROVIDER_ENABLED": True, "OFFLINE_PROVIDER_MIX": False,
 }
 KEY_A = "sk-test-aaaaaaaaaaaaaaaaaaaaaaaaaaaa1111"
 KEY_B = "sk-test-bbbbbbbbbbbbbbbbbbbbbbbbbbbb2222"
@@ -63,12 +64,47 @@ def credential(provider: str, key: str | None, *, base_url: str = "", active: bo
 # ------------------------------------------------------------------------------------------- offline
 
 
-def test_offline_is_always_available_and_nothing_else_without_configuration(db):
+def test_offline_is_available_by_default_and_nothing_else_without_configuration(db):
     assert isinstance(provider_get("offline"), OfflineProvider)
     assert provider_get("offline") is provider_get("offline")
     assert providers_configured() == {"offline"}
     for name in ("openai", "grok", "gemini", "anthropic", "openai_compatible", "no-such-provider"):
         assert provider_get(name) is None, name
+
+
+def test_offline_switched_off_is_not_configured(db):
+    with override_settings(OFFLINE_PROVIDER_ENABLED=False):
+        assert provider_get("offline") is None
+        assert providers_configured() == set()
+        with override_settings(OPENAI_API_KEY=KEY_A):
+            assert providers_configured() == {"openai"}
+    assert isinstance(provider_get("offline"), OfflineProvider)  # switched on again: at once, no restart
+
+
+def _models(*names: str):
+    from catalog.selectors import provider_models_active
+
+    by_name = {m.model_name: m for m in provider_models_active()}
+    return [by_name[n] for n in names]
+
+
+def test_servable_keeps_offline_out_of_a_list_a_configured_real_provider_serves(catalog):
+    candidates = _models("offline-pro-m", "gpt-4o", "grok-3", "offline-pro-l")
+
+    # Nothing real configured: offline serves, the unconfigured providers are dropped.
+    assert [(m.model_name, type(p)) for m, p in servable(candidates)] == [
+        ("offline-pro-m", OfflineProvider), ("offline-pro-l", OfflineProvider)]
+    with override_settings(OPENAI_API_KEY=KEY_A):
+        assert [(m.model_name, type(p)) for m, p in servable(candidates)] == [("gpt-4o", OpenAIProvider)]
+        # A list no configured real provider serves still falls to offline (e.g. a class or a pinned model).
+        assert [m.model_name for m, _ in servable(_models("grok-3", "offline-pro-m"))] == ["offline-pro-m"]
+        with override_settings(OFFLINE_PROVIDER_MIX=True):  # the operator asked for them mixed: order kept
+            assert [m.model_name for m, _ in servable(candidates)] == ["offline-pro-m", "gpt-4o", "offline-pro-l"]
+        with override_settings(OFFLINE_PROVIDER_ENABLED=False, OFFLINE_PROVIDER_MIX=True):
+            assert [m.model_name for m, _ in servable(candidates)] == ["gpt-4o"]
+    with override_settings(OFFLINE_PROVIDER_ENABLED=False):
+        assert servable(candidates) == []
+    assert servable([]) == []
 
 
 # ------------------------------------------------------------------------------------------ settings
