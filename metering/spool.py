@@ -225,7 +225,8 @@ def _replay_one(record: dict) -> int:
         cost_micro_usd=outcome.cost_micro_usd, latency_ms=outcome.latency_ms, status=outcome.status,
         error_code=outcome.error_code, enforcement_mode=record["mode"],
         would_refuse_code=record["would_refuse_code"], usage_estimated=outcome.usage_estimated,
-        attempts=outcome.attempts, admitted_at=admitted_at, created_at=admitted_at,
+        attempts=outcome.attempts, max_tokens_fitted=outcome.max_tokens_fitted, admitted_at=admitted_at,
+        created_at=admitted_at,
     )
     usage_daily_add(log)
     _log_line(log, decision="replayed")

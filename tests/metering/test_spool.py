@@ -70,14 +70,17 @@ def _dead_redis_url() -> str:
         return f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
 
 
-def _spool(user, request_id: str, *, tokens_out: int = 100, now=None) -> Path | None:
+def _spool(user, request_id: str, *, tokens_out: int = 100, now=None, **outcome) -> Path | None:
     """What the gateway's settlement does when the metering database is down (llm/gateway.py _settle)."""
     now = now or timezone.now()
     decision = evaluate(user, now=now)
+    called = success(decision, tokens_out=tokens_out)
+    for name, value in outcome.items():
+        setattr(called, name, value)
     return spool_write(
         request_id=request_id, tenant_id=user.tenant_id, user_id=user.pk, task_id=decision.task.id,
         feature_code=decision.task.feature_code, mode="SHADOW", admitted_at=now, holds=decision.holds,
-        outcome=success(decision, tokens_out=tokens_out),
+        outcome=called,
     )
 
 
@@ -224,7 +227,7 @@ def test_replayers_on_two_hosts_at_once_record_each_call_once(tenant_admin, host
 def test_redis_down_at_write_time_spools_to_the_hosts_disk_and_that_host_replays_it(tenant_admin, hosts):
     user = tenant_admin.user
     disk_a = hosts.on("host-a", redis_down=True)
-    path = _spool(user, "req-on-disk", tokens_out=70)
+    path = _spool(user, "req-on-disk", tokens_out=70, max_tokens_fitted=70)
     assert path is not None and path.parent == disk_a and path.exists()
     assert spool_pending() == 1  # Redis is still down: this host's files are counted
 
@@ -233,6 +236,8 @@ def test_redis_down_at_write_time_spools_to_the_hosts_disk_and_that_host_replays
     assert run_json("replay_usage_spool") == {"recorded": 1, "pending": 0}
     assert not path.exists()
     assert spool_replay() == 0
+    log = UsageLog.objects.get(request_id="req-on-disk")
+    assert (log.tokens_out, log.max_tokens_fitted, log.status) == (70, 70, UsageLog.Status.SUCCESS)
     _assert_ledger_once_and_meters_agree(tenant_admin.tenant, {"req-on-disk"})
 
 
