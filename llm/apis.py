@@ -10,7 +10,6 @@ workers use so a metered call does not pay for Django's middleware and thread ho
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -33,14 +32,13 @@ from catalog.selectors import (
     tasks_cached,
 )
 from gateway_project.errors import (
-    BadRequest,
     GatewayError,
     NotFound,
     PayloadTooLarge,
     error_response,
     internal_error_payload,
 )
-from llm import gateway
+from llm import gateway, openai_wire
 from llm.auth import authenticate
 from llm.db import db_step
 
@@ -92,21 +90,12 @@ async def _chat(headers: Mapping[str, str], body: bytes, task_code: str) -> ApiR
     context = await authenticate(headers.get("authorization", ""))
     if not await _task_exists(task_code):
         raise NotFound(f"Unknown task '{task_code}'.", code="task_not_found")
-    try:
-        payload = json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("The request body is not valid JSON.", code="invalid_json") from None
-    idempotency_key = headers.get("idempotency-key")
-    if isinstance(payload, dict) and payload.get("stream") is True:
-        streamed = await gateway.chat_completion_stream(context=context, task_code=task_code, body=payload,
-                                                        idempotency_key=idempotency_key)
-        if isinstance(streamed, gateway.GatewayResponse):
-            return ApiResponse(streamed.status, streamed.headers, streamed.body)
-        events, stream_headers = streamed
-        return ApiResponse(200, {**SSE_HEADERS, **stream_headers}, events=events)
-    response = await gateway.chat_completion(context=context, task_code=task_code, body=payload,
-                                             idempotency_key=idempotency_key)
-    return ApiResponse(response.status, response.headers, response.body)
+    result = await gateway.chat_request(context=context, task_code=task_code, body=openai_wire.json_body(body),
+                                        idempotency_key=headers.get("idempotency-key"))
+    if isinstance(result, gateway.GatewayResponse):
+        return ApiResponse(result.status, result.headers, result.body)
+    events, stream_headers = result
+    return ApiResponse(200, {**SSE_HEADERS, **stream_headers}, events=events)
 
 
 async def chat_completions_endpoint(*, method: str, headers: Mapping[str, str], body: bytes,

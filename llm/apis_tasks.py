@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from gateway_project.errors import BadRequest
-from llm import gateway
+from llm import gateway, openai_wire
 from llm.adapters import adapter_get
 from llm.adapters.runner import run_task
 from llm.apis import _guarded, _json
@@ -22,12 +19,10 @@ def _task_view(task_code: str):
     @_guarded
     async def view(request: HttpRequest) -> JsonResponse | StreamingHttpResponse:
         context = await authenticate_request(request)
-        try:
-            payload = json.loads(request.body or b"null")
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("The request body is not valid JSON.", code="invalid_json") from None
+        payload = openai_wire.json_body(request.body)
         stream = request.GET.get("stream") in {"1", "true"}
-        outcome = await run_task(context=context, adapter=adapter_get(task_code), payload=payload, stream=stream)
+        outcome = await run_task(context=context, adapter=adapter_get(task_code), payload=payload, stream=stream,
+                                 idempotency_key=request.headers.get("Idempotency-Key"))
         if isinstance(outcome, gateway.GatewayResponse):
             return _json(outcome)
         events, headers = outcome

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -41,12 +40,11 @@ class AdapterRun:
     max_tokens_out: int
     steps_key: str | None  # the policy key bounding LLM steps, if any
     emit: Callable[[dict[str, Any]], None]
-    renew: Callable[[], Awaitable[None]]
+    # The call's own: every attempt lands in the settlement (MeteredCall renews the lease meanwhile).
     spend: calls.Spend = field(default_factory=calls.Spend)
     steps_used: int = 0
     external_calls: int = 0
     notes: list[str] = field(default_factory=list)
-    _last_renewal: float = field(default_factory=time.monotonic)
 
     @property
     def max_steps(self) -> int | None:
@@ -75,7 +73,6 @@ class AdapterRun:
             raise BudgetExhausted("max_api_calls", self.max_api_calls)
         self.steps_used += 1
         self.emit({"event": "step", "step": step, "n": self.steps_used})
-        await self._maybe_renew()
         cap = min(max_tokens or self.max_tokens_out, self.max_tokens_out)  # max_tokens_out bounds each step
         result = await calls.chat_with_fallback(self.candidates, messages, cap, temperature, self.spend,
                                                 self.task_code)
@@ -87,13 +84,7 @@ class AdapterRun:
             raise BudgetExhausted("max_api_calls", self.max_api_calls)
         self.external_calls += 1
         self.emit({"event": "api_call", "name": name, "n": self.api_calls_used})
-        await self._maybe_renew()
         return await call()
-
-    async def _maybe_renew(self) -> None:
-        if time.monotonic() - self._last_renewal > 20:
-            await self.renew()
-            self._last_renewal = time.monotonic()
 
 
 class TaskAdapter(abc.ABC):

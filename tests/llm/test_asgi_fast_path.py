@@ -168,7 +168,7 @@ def test_an_unexpected_error_is_a_logged_500_in_the_error_shape(tenant_admin, mo
     async def broken(**kwargs):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(gateway, "chat_completion", broken)
+    monkeypatch.setattr(gateway, "chat_request", broken)
     with caplog.at_level(logging.ERROR):
         r = send("POST", URL, json=BODY, headers=bearer(tenant_admin))
     body = assert_error(r, 500, "internal_error")

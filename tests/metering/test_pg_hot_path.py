@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from llm import gateway
+from llm import metered, openai_wire
 from metering import services
 from metering.models import UsageHold, UsageLog, UsageMeter, UsageReservation
 from metering.spool import spool_pending, spool_replay
@@ -28,10 +28,10 @@ def _context(user):
     return identity_resolve(user_id=user.pk, tenant_id=user.tenant_id, ati_id=user.tenant.signup_ati_token_id)
 
 
-def _admit(user, request_id: str) -> gateway._Admitted:
-    chat = gateway._parse({"messages": [{"role": "user", "content": "a hinge"}], "max_tokens": 50})
-    admitted = gateway._admit(_context(user), "LLM2_DRAFT", chat, 20, request_id, None, "print")
-    assert isinstance(admitted, gateway._Admitted)
+def _admit(user, request_id: str) -> metered._Admitted:
+    chat = openai_wire.parse_chat_request({"messages": [{"role": "user", "content": "a hinge"}], "max_tokens": 50})
+    admitted = metered._admit(_context(user), "LLM2_DRAFT", chat, 20, request_id, None, "print")
+    assert isinstance(admitted, metered._Admitted)
     return admitted
 
 
@@ -60,7 +60,7 @@ def test_a_call_whose_admission_was_lost_is_spooled_and_charged_exactly_once(ten
                                    model_class="PRO_M", tokens_in=20, tokens_out=33, api_calls=1,
                                    cost_micro_usd=77)
 
-    assert gateway._settle(admitted, _context(tenant_admin.user), "req-lost", outcome) is None
+    assert metered._settle(admitted, _context(tenant_admin.user), "req-lost", outcome) is None
     assert spool_pending() == 1 and not UsageLog.objects.filter(request_id="req-lost").exists()
     assert spool_replay() == 1
     assert spool_replay() == 0
