@@ -248,9 +248,16 @@ SIMPLE_JWT = {
     "UPDATE_LAST_LOGIN": False,
 }
 
-# Login/signup throttling: attempts per window, per username and per client address.
-AUTH_THROTTLE_ATTEMPTS = env.int("AUTH_THROTTLE_ATTEMPTS", default=10)
-AUTH_THROTTLE_WINDOW_SECONDS = env.int("AUTH_THROTTLE_WINDOW_SECONDS", default=300)
+# --- Sign-in protection (tenants/throttling.py) ---------------------------------------
+# Only failures count: per username tried, and per client address for usernames that do not
+# exist (signup: failed ATI secrets per address). LIMIT failures within WINDOW lock that username
+# (or address) for LOCKOUT seconds (429 with Retry-After); a successful sign-in clears the count.
+GATEWAY_LOGIN_FAILURE_LIMIT = env.int("GATEWAY_LOGIN_FAILURE_LIMIT", default=10)
+GATEWAY_LOGIN_FAILURE_WINDOW_SECONDS = env.int("GATEWAY_LOGIN_FAILURE_WINDOW_SECONDS", default=300)
+GATEWAY_LOGIN_LOCKOUT_SECONDS = env.int("GATEWAY_LOGIN_LOCKOUT_SECONDS", default=300)
+# The client address is REMOTE_ADDR; behind N proxies of your own (load balancer, ingress) set N:
+# the Nth address from the right of X-Forwarded-For is used, whatever a client put left of it.
+GATEWAY_TRUSTED_PROXY_COUNT = env.int("GATEWAY_TRUSTED_PROXY_COUNT", default=0)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "LLM Service Gateway API",

@@ -3,7 +3,9 @@
 Both steps are cheap on a hit and run on the event loop: the token's signature is verified once
 per token string (a bounded LRU of verified claims; expiry is checked on every call), and the
 identity comes from the shared cache in one round trip. Only a miss hops to a thread for the
-database (`db_step`): sync ORM calls are not allowed on the loop.
+database (`db_step`): sync ORM calls are not allowed on the loop. The token's session version is
+compared with the one on the cached identity (which every user change invalidates), so a password
+change or "sign out everywhere" ends the token on its next call at the cost of a comparison.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from rest_framework_simplejwt.tokens import AccessToken
 
 from gateway_project.errors import AuthenticationFailed
 from llm.db import db_step
-from tenants.authentication import identity_claims
+from tenants.authentication import identity_claims, session_check, session_claim
 from tenants.selectors import TenantContext, identity_cached, identity_resolve
 
 TOKEN_MEMO_MAX = 4096
 
-# raw token -> (expired from this epoch time on, user id, tenant id, ATI id). Only tokens whose
-# signature verified get in. (A lock: WSGI deployments run async views on several threads.)
-_verified: OrderedDict[str, tuple[float, int, int | None, str | None]] = OrderedDict()
+# raw token -> (expired from this epoch time on, user id, tenant id, ATI id, session version). Only
+# tokens whose signature verified get in. (A lock: WSGI deployments run async views on several threads.)
+_verified: OrderedDict[str, tuple[float, int, int | None, str | None, object]] = OrderedDict()
 _lock = threading.Lock()
 
 
@@ -38,7 +40,7 @@ def token_memo_clear() -> None:
         _verified.clear()
 
 
-def _claims(raw: str) -> tuple[int, int | None, str | None]:
+def _claims(raw: str) -> tuple[int, int | None, str | None, object]:
     with _lock:
         entry = _verified.get(raw)
         if entry is not None:
@@ -49,7 +51,7 @@ def _claims(raw: str) -> tuple[int, int | None, str | None]:
         except TokenError:
             raise _invalid() from None
         leeway = token.get_token_backend().get_leeway().total_seconds()
-        entry = (float(token["exp"]) + leeway, *identity_claims(token))
+        entry = (float(token["exp"]) + leeway, *identity_claims(token), session_claim(token))
         with _lock:
             _verified[raw] = entry
             if len(_verified) > TOKEN_MEMO_MAX:
@@ -68,11 +70,11 @@ async def authenticate(authorization: str) -> TenantContext:
     if scheme.lower() != "bearer" or not raw:
         raise AuthenticationFailed("Send an access token as 'Authorization: Bearer <token>'.",
                                    code="not_authenticated")
-    user_id, tenant_id, ati_id = _claims(raw)
+    user_id, tenant_id, ati_id, session_version = _claims(raw)
     context = identity_cached(user_id=user_id, tenant_id=tenant_id, ati_id=ati_id)
     if context is None:
         context = await db_step(identity_resolve)(user_id=user_id, tenant_id=tenant_id, ati_id=ati_id)
-    return context
+    return session_check(context, session_version)
 
 
 async def authenticate_request(request: HttpRequest) -> TenantContext:

@@ -1,8 +1,10 @@
 """Django Admin for who buys: users, tenants and ATI tokens.
 
 Writes with rules of their own go through `tenants.services` (issuing and revoking ATI tokens,
-signing a tenant up, suspending / activating). Any other edit of a row the identity chain reads
-drops the tenant's cached identities once the transaction commits.
+signing a tenant up, suspending / activating, signing a user out everywhere). A password set here
+(the user's "change password" page) ends the user's sessions like any password change. Any other
+edit of a row the identity chain reads drops the tenant's cached identities once the transaction
+commits.
 
 metering/admin.py re-registers the Tenant and User admins with their PolicyRule override inlines.
 """
@@ -26,6 +28,7 @@ from django.utils.html import format_html
 from catalog.models import Plan
 from gateway_project.errors import GatewayError
 from tenants import services
+from tenants.audit import AuditSource
 from tenants.models import ATIToken, Tenant, User
 from tenants.selectors import identity_cache_invalidate
 
@@ -106,6 +109,7 @@ class UserAdmin(DjangoUserAdmin):
     list_select_related = ["tenant"]
     search_fields = ["username", "email", "first_name", "last_name", "tenant__slug", "tenant__name"]
     autocomplete_fields = ["tenant"]
+    actions = ["sign_out_everywhere"]
     fieldsets = [
         (None, {"fields": ["username", "password"]}),
         (
@@ -152,6 +156,17 @@ class UserAdmin(DjangoUserAdmin):
         tenant_ids = set(queryset.values_list("tenant_id", flat=True))
         super().delete_queryset(request, queryset)
         invalidate_identity_on_commit(*tenant_ids)
+
+    @admin.action(description="Sign selected users out everywhere (every token they hold stops working)",
+                  permissions=["change"])
+    def sign_out_everywhere(self, request, queryset):
+        users = list(queryset.order_by("pk"))
+        for user in users:
+            services.user_sessions_revoke(user=user, actor=request.user, source=AuditSource.ADMIN)
+        self.message_user(
+            request, f"Signed {len(users)} user(s) out everywhere: {', '.join(u.username for u in users)}.",
+            messages.SUCCESS,
+        )
 
 
 # -------------------------------------------------------------------------------------------- tenants

@@ -12,13 +12,25 @@ from rest_framework.views import APIView
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import RefreshToken
 
-from gateway_project.errors import AuthenticationFailed, Forbidden, NotFound
+from gateway_project.errors import AuthenticationFailed, BadRequest, Forbidden, NotFound
 from tenants import services
+from tenants.audit import AuditSource
+from tenants.authentication import context_from_token
 from tenants.models import User
 from tenants.permissions import IsTenantAdmin
-from tenants.selectors import TenantContext, tenant_user_get, tenant_users_list
-from tenants.throttling import auth_attempt_register, client_address
+from tenants.selectors import TenantContext, identity_resolve, tenant_user_get, tenant_users_list, username_exists
+from tenants.throttling import (
+    client_address,
+    login_failure_record,
+    login_failures_clear,
+    login_lockout_check,
+    signup_failure_record,
+    signup_lockout_check,
+)
 from tenants.tokens import tokens_for_user
+
+# Signup failures that are guesses at an ATI secret (and so count towards the address's lockout).
+ATI_SECRET_FAILURES = frozenset({"ati_token_unknown", "ati_token_used", "ati_token_revoked", "ati_token_expired"})
 
 
 class SignupApi(APIView):
@@ -34,16 +46,22 @@ class SignupApi(APIView):
 
     @extend_schema(request=InputSerializer)
     def post(self, request: Request) -> Response:
-        auth_attempt_register(action="signup", subjects={"address": client_address(request)})
+        address = client_address(request)
+        signup_lockout_check(address=address)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        tenant, user = services.tenant_signup(
-            ati_secret=data.validated_data["ati_token"],
-            tenant_name=data.validated_data["tenant_name"],
-            username=data.validated_data["username"],
-            email=data.validated_data["email"],
-            password=data.validated_data["password"],
-        )
+        try:
+            tenant, user = services.tenant_signup(
+                ati_secret=data.validated_data["ati_token"],
+                tenant_name=data.validated_data["tenant_name"],
+                username=data.validated_data["username"],
+                email=data.validated_data["email"],
+                password=data.validated_data["password"],
+            )
+        except BadRequest as exc:
+            if exc.code in ATI_SECRET_FAILURES:
+                signup_failure_record(address=address)
+            raise
         body = {
             "tenant": {"id": tenant.pk, "name": tenant.name, "slug": tenant.slug, "plan": tenant.plan_code},
             "user": {"id": user.pk, "username": user.username, "role": user.role},
@@ -62,17 +80,22 @@ class TokenObtainApi(APIView):
 
     @extend_schema(request=InputSerializer)
     def post(self, request: Request) -> Response:
-        username = str(request.data.get("username", ""))[:150] if hasattr(request.data, "get") else ""
-        auth_attempt_register(action="login", subjects={"username": username, "address": client_address(request)})
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        user = authenticate(
-            request._request, username=data.validated_data["username"], password=data.validated_data["password"]
-        )
+        username = data.validated_data["username"]
+        login_lockout_check(username=username)
+        user = authenticate(request._request, username=username, password=data.validated_data["password"])
         if user is None:
+            login_failure_record(
+                username=username, address=client_address(request), username_exists=username_exists(username=username)
+            )
             raise AuthenticationFailed("Wrong username or password.", code="invalid_credentials")
+        login_failures_clear(username=username)
         if user.tenant_id is None:
             raise Forbidden("Super admins use the admin console, not API tokens.", code="no_tenant")
+        # The whole chain is checked now, not only when the token is first used: no tokens for a
+        # suspended tenant or a revoked / expired ATI token (same codes as at use). It warms the cache too.
+        identity_resolve(user_id=user.pk, tenant_id=user.tenant_id, ati_id=user.tenant.signup_ati_token_id)
         return Response(tokens_for_user(user))
 
 
@@ -91,9 +114,8 @@ class TokenRefreshApi(APIView):
             refresh = RefreshToken(data.validated_data["refresh"])
         except TokenError:
             raise AuthenticationFailed("The refresh token is invalid or expired.", code="token_not_valid") from None
-        # Refreshing re-checks the whole chain: a revoked token or suspended tenant gets no new access.
-        from tenants.authentication import context_from_token
-
+        # Refreshing re-checks the whole chain and the session version: a revoked ATI token, a
+        # suspended tenant or an ended session gets no new access.
         context_from_token(refresh)
         return Response({"access": str(refresh.access_token)})
 
@@ -121,6 +143,41 @@ class MeApi(APIView):
                 "role": context.role,
             }
         )
+
+
+class MePasswordApi(APIView):
+    """Change your own password. Every session ends, this one's too; the answer carries a fresh pair."""
+
+    class InputSerializer(serializers.Serializer):
+        current_password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
+        new_password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
+
+    @extend_schema(request=InputSerializer)
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = request.auth.user
+        # A stolen access token must not become a way around the sign-in lockout.
+        login_lockout_check(username=user.username)
+        try:
+            user = services.user_password_change(
+                user=user, current_password=data.validated_data["current_password"],
+                new_password=data.validated_data["new_password"],
+            )
+        except BadRequest as exc:
+            if exc.code == "wrong_password":
+                login_failure_record(username=user.username, address=client_address(request), username_exists=True)
+            raise
+        login_failures_clear(username=user.username)
+        return Response(tokens_for_user(user))
+
+
+class MeSessionsRevokeApi(APIView):
+    """Sign out everywhere: every token of the caller, this one included, stops working."""
+
+    def post(self, request: Request) -> Response:
+        services.user_sessions_revoke(user=request.auth.user, actor=request.auth.user, source=AuditSource.API)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class TenantUserListApi(APIView):
@@ -171,4 +228,17 @@ class TenantUserDetailApi(APIView):
 
     def delete(self, request: Request, user_id: int) -> Response:
         services.user_deactivate(user=self._get(request, user_id), actor=request.auth.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TenantUserSessionsRevokeApi(APIView):
+    """A tenant admin signs one of the tenant's users out everywhere."""
+
+    permission_classes = [IsTenantAdmin]
+
+    def post(self, request: Request, user_id: int) -> Response:
+        user = tenant_user_get(tenant_id=request.auth.tenant_id, user_id=user_id)
+        if user is None:  # another tenant's user is indistinguishable from no user
+            raise NotFound("No such user.", code="user_not_found")
+        services.user_sessions_revoke(user=user, actor=request.auth.user, source=AuditSource.API)
         return Response(status=status.HTTP_204_NO_CONTENT)

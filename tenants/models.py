@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
+from collections.abc import Iterable
 
 from django.contrib.auth.models import AbstractUser
-from django.db import models
+from django.db import models, router
 from django.db.models import Q
 from django.utils import timezone
 
@@ -94,6 +96,14 @@ class User(AbstractUser):
 
     tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="users")
     role = models.CharField(max_length=8, choices=Role.choices, default=Role.MEMBER)
+    # Every JWT carries the value this had when it was issued (claim "sv"); a token whose value is
+    # no longer the user's is refused. Empty until the first change (so tokens issued before this
+    # field existed, which carry none, stay valid until then); random, so a save from a stale copy
+    # of the user still ends every session issued before it.
+    session_version = models.CharField(
+        max_length=32, blank=True, default="", editable=False,
+        help_text="Changes on a password change, a deactivation or 'sign out everywhere'.",
+    )
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"
@@ -109,6 +119,38 @@ class User(AbstractUser):
     @property
     def is_tenant_admin(self) -> bool:
         return self.tenant_id is not None and self.role == self.Role.ADMIN
+
+    def sessions_end(self) -> None:
+        """Once saved, every access and refresh token issued before is refused (in every process,
+        on its next request: the user's save invalidates the cached identities of the tenant)."""
+        self.session_version = secrets.token_hex(8)
+
+    def set_unusable_password(self) -> None:
+        super().set_unusable_password()
+        self._sessions_end_on_save = True
+
+    def _ends_sessions(self, update_fields: Iterable[str] | None, using: str | None) -> bool:
+        """A password change (Django's own notion: `set_password` -- by the user, a tenant admin, the
+        admin site or `changepassword` -- not a hash upgrade at login) or a deactivation."""
+        def saves(name: str) -> bool:
+            return update_fields is None or name in update_fields
+
+        if saves("password") and (self._password is not None or getattr(self, "_sessions_end_on_save", False)):
+            return True
+        if self.is_active or not saves("is_active"):
+            return False
+        using = using or router.db_for_write(type(self), instance=self)
+        return type(self)._default_manager.using(using).filter(pk=self.pk, is_active=True).exists()
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not self._state.adding:
+            update_fields = kwargs.get("update_fields")
+            if self._ends_sessions(update_fields, kwargs.get("using")):
+                self.sessions_end()
+                if update_fields is not None:
+                    kwargs["update_fields"] = {*update_fields, "session_version"}
+        self._sessions_end_on_save = False
+        super().save(*args, **kwargs)
 
 
 # The audit log's model is defined with its service in tenants/audit.py; imported here so the app registers it.

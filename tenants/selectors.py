@@ -51,7 +51,9 @@ def identity_cache_invalidate(*, tenant_id: int) -> None:
 
 
 def _entry_key(*, user_id: int, tenant_id: int, ati_id: str) -> str:
-    return f"identity:{tenant_id}:{user_id}:{ati_id}"
+    # "v2": entries pickled before users had a session version are never read (a User unpickled
+    # without it would load the field from the database, on the event loop).
+    return f"identity:v2:{tenant_id}:{user_id}:{ati_id}"
 
 
 # An entry in the shared cache is (generation it was built under, pickled TenantContext): one
@@ -162,6 +164,11 @@ def identity_resolve(*, user_id: int, tenant_id: int | None, ati_id: str | None)
         key = _entry_key(user_id=user_id, tenant_id=tenant_id, ati_id=ati_id)
         cache.set(key, (generation, pickle.dumps(context, pickle.HIGHEST_PROTOCOL)), settings.IDENTITY_CACHE_SECONDS)
     return context
+
+
+def username_exists(*, username: str) -> bool:
+    """As `authenticate()` looks users up (the exact username)."""
+    return User._default_manager.filter(**{User.USERNAME_FIELD: username}).exists()
 
 
 def tenant_users_list(*, tenant_id: int):

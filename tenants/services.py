@@ -14,7 +14,7 @@ from django.utils.text import slugify
 
 from catalog.models import Plan
 from gateway_project.errors import BadRequest, Conflict, NotFound
-from tenants.audit import audit_record
+from tenants.audit import AuditSource, audit_record
 from tenants.models import ATIToken, EnforcementMode, Tenant, User
 from tenants.selectors import identity_cache_invalidate
 
@@ -177,8 +177,41 @@ def user_update(
 
 
 def user_deactivate(*, user: User, actor: User) -> User:
-    """Users are deactivated, not deleted: the ledger keeps pointing at who spent what."""
+    """Users are deactivated, not deleted: the ledger keeps pointing at who spent what. Their
+    sessions end (a later reactivation does not bring the old tokens back)."""
     return user_update(user=user, actor=actor, is_active=False)
+
+
+@transaction.atomic
+def user_password_change(*, user: User, current_password: str, new_password: str) -> User:
+    """The user's own change: needs the current password. Every earlier session ends (the save
+    changes the session version); the caller hands out a fresh pair of tokens."""
+    user = User.objects.select_for_update().get(pk=user.pk)
+    if not user.check_password(current_password):
+        raise BadRequest("The current password is wrong.", code="wrong_password")
+    if new_password == current_password:
+        raise BadRequest("The new password must differ from the current one.", code="password_unchanged")
+    _validate_password(new_password, user)
+    user.set_password(new_password)
+    user.save(update_fields=["password"])
+    audit_record(action="user.password_change", object_type="user", object_id=user.pk, tenant=user.tenant_id,
+                 actor=user, source=AuditSource.API)
+    transaction.on_commit(lambda: identity_cache_invalidate(tenant_id=user.tenant_id))
+    return user
+
+
+@transaction.atomic
+def user_sessions_revoke(*, user: User, actor: User | None = None, source: str | None = None) -> User:
+    """Sign out everywhere: every access and refresh token of the user is refused from the next request on."""
+    user = User.objects.select_for_update().get(pk=user.pk)
+    user.sessions_end()
+    user.save(update_fields=["session_version"])
+    audit_record(action="user.sessions_revoke", object_type="user", object_id=user.pk, tenant=user.tenant_id,
+                 actor=actor, source=source)
+    if user.tenant_id is not None:
+        tenant_id = user.tenant_id
+        transaction.on_commit(lambda: identity_cache_invalidate(tenant_id=tenant_id))
+    return user
 
 
 @transaction.atomic

@@ -7,6 +7,12 @@ urlpatterns = [
     path("auth/token/", apis.TokenObtainApi.as_view(), name="auth-token"),
     path("auth/token/refresh/", apis.TokenRefreshApi.as_view(), name="auth-token-refresh"),
     path("me/", apis.MeApi.as_view(), name="me"),
+    path("me/password/", apis.MePasswordApi.as_view(), name="me-password"),
+    path("me/sessions/revoke/", apis.MeSessionsRevokeApi.as_view(), name="me-sessions-revoke"),
     path("tenant/users/", apis.TenantUserListApi.as_view(), name="tenant-users"),
     path("tenant/users/<int:user_id>/", apis.TenantUserDetailApi.as_view(), name="tenant-user-detail"),
+    path(
+        "tenant/users/<int:user_id>/sessions/revoke/", apis.TenantUserSessionsRevokeApi.as_view(),
+        name="tenant-user-sessions-revoke",
+    ),
 ]

@@ -1,6 +1,6 @@
 """Identity on the metered path: verified tokens and cached identities are cheap on a hit, and still
-exact — an expired token, a revoked ATI token, a suspended tenant or a deactivated user is refused
-on the very next call."""
+exact — an expired token, a revoked ATI token, a suspended tenant, a deactivated user or an ended
+session (password change, sign out everywhere) is refused on the very next call."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 
 import pytest
 from django.core.cache import cache
+from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import AccessToken
 
 from gateway_project.errors import AuthenticationFailed, Forbidden
@@ -16,7 +17,7 @@ from llm import auth
 from tenants import services
 from tenants.selectors import identity_cached, identity_resolve
 from tenants.tokens import tokens_for_user
-from tests.conftest import assert_error
+from tests.conftest import PASSWORD, assert_error
 
 URL = "/v1/LLM2_DRAFT/chat/completions"
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "a hinge"}], "max_tokens": 20}
@@ -106,3 +107,62 @@ def test_only_verified_tokens_are_remembered_and_the_memo_is_bounded(tenant_admi
         tokens.append(str(token))
         authenticate(tokens[-1])
     assert list(auth._verified) == tokens[1:]  # the least recently used went first
+
+
+# --- sessions end on the metered path too ------------------------------------------------------------
+
+
+def bearer(token: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return client
+
+
+def sign_in(username: str, password: str = PASSWORD) -> dict:
+    response = APIClient().post("/api/auth/token/", {"username": username, "password": password}, format="json")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_password_change_ends_old_access_tokens_on_the_metered_path(tenant_admin):
+    old = sign_in("acme-admin")
+    assert bearer(old["access"]).post(URL, BODY, format="json").status_code == 200  # verified and cached
+    changed = bearer(old["access"]).post(
+        "/api/me/password/", {"current_password": PASSWORD, "new_password": "a-brand-new-passphrase-93"},
+        format="json",
+    )
+    assert changed.status_code == 200, changed.content
+    assert_error(bearer(old["access"]).post(URL, BODY, format="json"), 401, "session_revoked")
+    assert_error(APIClient().post("/api/auth/token/refresh/", {"refresh": old["refresh"]}, format="json"), 401,
+                 "session_revoked")
+    assert bearer(changed.json()["access"]).post(URL, BODY, format="json").status_code == 200
+    fresh = sign_in("acme-admin", "a-brand-new-passphrase-93")
+    assert bearer(fresh["access"]).post(URL, BODY, format="json").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_signing_a_user_out_everywhere_ends_their_tokens_on_the_metered_path(tenant_admin, member):
+    old = sign_in("acme-member")
+    assert bearer(old["access"]).post(URL, BODY, format="json").status_code == 200
+    assert tenant_admin.client.post(f"/api/tenant/users/{member.user.pk}/sessions/revoke/").status_code == 204
+    assert_error(bearer(old["access"]).post(URL, BODY, format="json"), 401, "session_revoked")
+    assert tenant_admin.client.post(URL, BODY, format="json").status_code == 200
+    assert bearer(sign_in("acme-member")["access"]).post(URL, BODY, format="json").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_session_check_adds_no_query_and_no_round_trip(tenant_admin, monkeypatch, django_assert_num_queries):
+    token = sign_in("acme-admin")["access"]
+    assert authenticate(token).user_id == tenant_admin.user.pk  # verified, identity cached
+    round_trips = []
+    real_get_many = cache.get_many
+    monkeypatch.setattr(cache, "get_many", lambda keys, *a, **k: round_trips.append(keys) or real_get_many(keys))
+    with django_assert_num_queries(0):
+        assert authenticate(token).user_id == tenant_admin.user.pk
+    assert len(round_trips) == 1
+    # And the same token is refused at once when its session ends.
+    services.user_sessions_revoke(user=tenant_admin.user)
+    with pytest.raises(AuthenticationFailed) as refused:
+        authenticate(token)
+    assert refused.value.code == "session_revoked"

@@ -204,7 +204,7 @@ def test_invalid_email_and_missing_fields_are_validation_errors(catalog):
 
 
 def test_signup_attempts_are_throttled_per_address(catalog):
-    limit = settings.AUTH_THROTTLE_ATTEMPTS
+    limit = settings.GATEWAY_LOGIN_FAILURE_LIMIT
     issued = services.ati_token_issue(plan_code="PRO")
     for i in range(limit):
         guess = post_signup(signup_body(f"ati_secret_guess_{i}"), address="198.51.100.9")
@@ -221,16 +221,32 @@ def test_signup_attempts_are_throttled_per_address(catalog):
     assert post_signup(signup_body(issued.secret), address="198.51.100.10").status_code == 201
 
 
-def test_signup_throttle_lifts_when_its_window_has_passed(catalog, settings):
-    settings.AUTH_THROTTLE_ATTEMPTS = 2
-    settings.AUTH_THROTTLE_WINDOW_SECONDS = 2
+def test_successful_signups_from_one_address_are_never_throttled(catalog):
+    # An operator onboarding many tenants from one office: only failed ATI secrets count.
+    for i in range(settings.GATEWAY_LOGIN_FAILURE_LIMIT + 1):
+        issued = services.ati_token_issue(plan_code="PRO")
+        body = signup_body(issued.secret, tenant_name=f"Tenant {i}", username=f"tenant-{i}-admin")
+        assert post_signup(body, address="198.51.100.77").status_code == 201, i
+
+
+def test_signup_mistakes_other_than_the_secret_do_not_count(catalog):
+    issued = services.ati_token_issue(plan_code="PRO")
+    for _ in range(settings.GATEWAY_LOGIN_FAILURE_LIMIT + 1):
+        assert_error(post_signup(signup_body(issued.secret, password="short"), address="198.51.100.78"), 400,
+                     "weak_password")
+    assert post_signup(signup_body(issued.secret), address="198.51.100.78").status_code == 201
+
+
+def test_signup_throttle_lifts_when_its_lockout_has_passed(catalog, settings):
+    settings.GATEWAY_LOGIN_FAILURE_LIMIT = 2
+    settings.GATEWAY_LOGIN_LOCKOUT_SECONDS = 2
     for i in range(2):
         assert_error(post_signup(signup_body(f"ati_secret_guess_{i}")), 400, "ati_token_unknown")
     refused = post_signup(signup_body("ati_secret_guess_2"))
     assert_error(refused, 429, "too_many_attempts")
     retry_after = int(refused["Retry-After"])
     assert 1 <= retry_after <= 2
-    # Waiting as long as Retry-After says is enough: the lockout is the configured window,
+    # Waiting as long as Retry-After says is enough: the lockout is the configured one,
     # not whatever default timeout the cache backend applies.
     time.sleep(retry_after + 0.5)
     assert_error(post_signup(signup_body("ati_secret_guess_3")), 400, "ati_token_unknown")

@@ -134,10 +134,11 @@ def test_delete_deactivates_and_the_users_token_stops_working(
     listed = {r["username"]: r for r in tenant_admin.client.get(USERS).json()["results"]}
     assert listed["acme-member"]["is_active"] is False
 
-    # And reactivation restores access.
+    # Reactivation restores the account, not the sessions deactivation ended: the user signs in again.
     with django_capture_on_commit_callbacks(execute=True):
         assert tenant_admin.client.patch(detail(member.user.pk), {"is_active": True}, format="json").status_code == 200
-    assert member_client.get("/api/me/").status_code == 200
+    assert_error(member_client.get("/api/me/"), 401, "session_revoked")
+    assert member.client.get("/api/me/").status_code == 200  # a token issued now
 
 
 def test_patch_is_active_false_also_deactivates(tenant_admin, member, django_capture_on_commit_callbacks):
