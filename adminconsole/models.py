@@ -45,3 +45,24 @@ class QuotaRequest(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.tenant_id} {self.key}={self.wanted_value} ({self.status})"
+
+
+class SSOIdentity(models.Model):
+    """The identity provider's account (issuer + subject) behind a staff user created by single sign-on.
+
+    SSO users are found by this link, never by email: an address at the identity provider must not
+    open an existing password account (a tenant user's least of all)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sso_identity")
+    issuer = models.CharField(max_length=255)
+    subject = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_login_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "SSO identity"
+        verbose_name_plural = "SSO identities"
+        constraints = [models.UniqueConstraint(fields=["issuer", "subject"], name="ssoidentity_issuer_subject")]
+
+    def __str__(self) -> str:
+        return f"{self.subject} @ {self.issuer}"

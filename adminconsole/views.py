@@ -1,7 +1,8 @@
 """The staff console: server-rendered pages over the selectors, writes through the services.
 
-Every page needs a staff session (`staff_member_required`: anyone else goes to the admin login);
-every write additionally needs a superuser.
+Every page needs a staff session that meets the sign-in rules (`adminconsole.otp.staff_required`:
+two-factor for password logins, SSO; anyone else goes to the admin login); every write additionally
+needs a superuser.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from datetime import date, timedelta
 from functools import wraps
 
 from django.contrib import messages
-from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
@@ -24,6 +24,7 @@ from django.views.decorators.http import require_POST
 
 from adminconsole import charts, selectors, services
 from adminconsole.models import QuotaRequest
+from adminconsole.otp import staff_required
 from catalog.models import Plan
 from catalog.selectors import tasks_all
 from gateway_project.errors import GatewayError
@@ -37,7 +38,7 @@ PAGE_SIZE = 50
 
 
 def console_view(view: Callable) -> Callable:
-    @staff_member_required
+    @staff_required
     @wraps(view)
     def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
         if request.method == "POST" and not request.user.is_superuser:

@@ -407,3 +407,76 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}, "httpx": {"level": "WARNING"},
                 "httpx2": {"level": "WARNING"}},
 }
+
+# --- Staff sign-in: single sign-on (OIDC) and two-factor (TOTP) -------------------------------
+# adminconsole/sso.py and adminconsole/otp.py. The admin site is the gateway's (the sign-in rules apply
+# to /admin/ and /console/ alike); django-otp keeps the verified device in the session.
+INSTALLED_APPS[INSTALLED_APPS.index("django.contrib.admin")] = "adminconsole.admin_app.GatewayAdminConfig"
+INSTALLED_APPS += ["django_otp", "django_otp.plugins.otp_totp"]
+MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+                  "django_otp.middleware.OTPMiddleware")
+AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend", "adminconsole.sso.StaffOIDCBackend"]
+
+# OIDC is on when all three are set. The provider's redirect URI for this client: https://<host>/oidc/callback/
+OIDC_ISSUER = env.str("OIDC_ISSUER", default="")
+OIDC_RP_CLIENT_ID = env.str("OIDC_RP_CLIENT_ID", default="")
+OIDC_RP_CLIENT_SECRET = env.str("OIDC_RP_CLIENT_SECRET", default="")
+# Empty: from the issuer's discovery document (<issuer>/.well-known/openid-configuration).
+OIDC_OP_AUTHORIZATION_ENDPOINT = env.str("OIDC_OP_AUTHORIZATION_ENDPOINT", default="")
+OIDC_OP_TOKEN_ENDPOINT = env.str("OIDC_OP_TOKEN_ENDPOINT", default="")
+OIDC_OP_USER_ENDPOINT = env.str("OIDC_OP_USER_ENDPOINT", default="")
+OIDC_OP_JWKS_ENDPOINT = env.str("OIDC_OP_JWKS_ENDPOINT", default="")
+OIDC_DISCOVERY_CACHE_SECONDS = env.int("OIDC_DISCOVERY_CACHE_SECONDS", default=86400)
+OIDC_RP_SIGN_ALGO = env.str("OIDC_RP_SIGN_ALGO", default="RS256")
+OIDC_RP_SCOPES = env.str("OIDC_RP_SCOPES", default="openid email profile")
+# Who is staff: members of these groups (the ID token's or userinfo's OIDC_GROUPS_CLAIM), or people with a
+# verified address in these domains (read-only staff). Anyone else is refused.
+OIDC_GROUPS_CLAIM = env.str("OIDC_GROUPS_CLAIM", default="groups")
+OIDC_SUPERUSER_GROUPS = env.list("OIDC_SUPERUSER_GROUPS", default=[])
+OIDC_STAFF_GROUPS = env.list("OIDC_STAFF_GROUPS", default=[])
+OIDC_STAFF_EMAIL_DOMAINS = env.list("OIDC_STAFF_EMAIL_DOMAINS", default=[])
+# Off only for a provider that never sends email_verified (the domain rule then trusts the address as sent).
+OIDC_REQUIRE_VERIFIED_EMAIL = env.bool("OIDC_REQUIRE_VERIFIED_EMAIL", default=True)
+# With SSO on, staff may still log in with a password (break-glass accounts, with two-factor) unless off.
+OIDC_STAFF_PASSWORD_LOGIN = env.bool("OIDC_STAFF_PASSWORD_LOGIN", default=True)
+OIDC_SESSION_SECONDS = env.int("OIDC_SESSION_SECONDS", default=12 * 3600)
+OIDC_CLOCK_SKEW_SECONDS = env.int("OIDC_CLOCK_SKEW_SECONDS", default=60)
+OIDC_TIMEOUT = env.float("OIDC_TIMEOUT_SECONDS", default=10.0)
+OIDC_VERIFY_SSL = env.bool("OIDC_VERIFY_SSL", default=True)
+OIDC_USE_NONCE = True
+OIDC_USE_PKCE = env.bool("OIDC_USE_PKCE", default=True)
+OIDC_AUTHENTICATION_CALLBACK_URL = "oidc_authentication_callback"
+_oidc_set = [name for name in ("OIDC_ISSUER", "OIDC_RP_CLIENT_ID", "OIDC_RP_CLIENT_SECRET") if globals()[name]]
+if _oidc_set and len(_oidc_set) < 3:
+    raise ImproperlyConfigured("Single sign-on needs OIDC_ISSUER, OIDC_RP_CLIENT_ID and OIDC_RP_CLIENT_SECRET"
+                               f" together (set: {', '.join(_oidc_set)}).")
+if _oidc_set and not (OIDC_SUPERUSER_GROUPS or OIDC_STAFF_GROUPS or OIDC_STAFF_EMAIL_DOMAINS):
+    raise ImproperlyConfigured("Single sign-on is on but nobody could sign in: set OIDC_SUPERUSER_GROUPS,"
+                               " OIDC_STAFF_GROUPS or OIDC_STAFF_EMAIL_DOMAINS.")
+
+# Two-factor for staff password logins. On in production: every staff password login needs an enrolled
+# device (manage.py staff_totp enroll <username>). Off in the embedded default, so `make run`'s demo super
+# admin logs in with its password; a staff user who has a device must use it either way.
+STAFF_REQUIRE_2FA = env.bool("STAFF_REQUIRE_2FA", default=PRODUCTION)
+OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="LLM Gateway")
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True  # a device's secret is shown once, by the enrol command
+
+# --- /metrics access ----------------------------------------------------------------------------
+# Both unset: open (as a scrape target on a private network). METRICS_BEARER_TOKEN: scrapes send
+# "Authorization: Bearer <token>" (else 401). METRICS_ALLOWED_IPS: CIDRs of the scrapers' addresses as
+# the gateway sees them (REMOTE_ADDR; behind a proxy, set uvicorn's --forwarded-allow-ips) (else 403).
+# Both set: both are required.
+METRICS_BEARER_TOKEN = env.str("METRICS_BEARER_TOKEN", default="")
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=[])
+
+
+def _cidrs_check(values: list[str]) -> list[str]:
+    import ipaddress
+
+    try:
+        return [str(ipaddress.ip_network(v.strip(), strict=False)) for v in values if v.strip()]
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"METRICS_ALLOWED_IPS holds an address or network that is not one: {exc}")
+
+
+METRICS_ALLOWED_IPS = _cidrs_check(METRICS_ALLOWED_IPS)

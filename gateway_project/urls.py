@@ -3,12 +3,16 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from adminconsole import apis as console_apis
+from adminconsole import sso
 from gateway_project import health
 from llm import apis as llm_apis
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("console/", include("adminconsole.urls")),
+    # Staff single sign-on (404 unless OIDC is configured); the provider's redirect URI is /oidc/callback/.
+    path("oidc/authenticate/", sso.StaffSSOLoginView.as_view(), name="oidc_authentication_init"),
+    path("oidc/callback/", sso.StaffSSOCallbackView.as_view(), name="oidc_authentication_callback"),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
     path("metrics", llm_apis.metrics_view),

@@ -199,6 +199,13 @@ def _guarded(view):
 @require_GET
 async def metrics_view(request: HttpRequest) -> HttpResponse:
     from llm.metrics import exposition
+    from llm.metrics_access import metrics_refusal
 
+    refusal = metrics_refusal(request)
+    if refusal is not None:
+        response = error_response(refusal)
+        if refusal.status_code == 401:
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
     body = await db_step(exposition)()
     return HttpResponse(body, content_type="text/plain; version=0.0.4; charset=utf-8")
