@@ -19,17 +19,48 @@ from tenants.tokens import tokens_for_user
 PASSWORD = "correct-horse-battery-staple-42"
 
 
+def _services() -> dict[str, bool]:
+    database = os.environ.get("DATABASE_URL", "")
+    return {"postgres": database.startswith(("postgres://", "postgresql://")),
+            "redis": bool(os.environ.get("REDIS_URL"))}
+
+
+def _sqlite_leg() -> bool:
+    """CI's first leg: the suite on the embedded default (SQLite, no Redis), as `make run` ships it.
+    Tests marked `postgres` or `redis` run in the second leg, on PostgreSQL + Redis."""
+    return bool(os.environ.get("CI")) and os.environ.get("GATEWAY_TEST_LEG") == "sqlite"
+
+
 def pytest_collection_modifyitems(config, items):
-    # In CI every service is there: a test that would skip for want of one must fail instead.
-    if os.environ.get("CI") and not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
+    available = _services()
+    if os.environ.get("CI") and not _sqlite_leg() and not all(available.values()):
+        # In CI every service is there: a test that would skip for want of one must fail instead.
         raise pytest.UsageError("CI must set DATABASE_URL and REDIS_URL so that no test skips.")
+    kept, deselected = [], []
+    for item in items:
+        if "tests/integration/" in item.nodeid:
+            item.add_marker(pytest.mark.postgres)  # real uvicorn workers on one shared database
+        missing = [name for name in ("postgres", "redis") if item.get_closest_marker(name) and not available[name]]
+        if not missing:
+            kept.append(item)
+        elif _sqlite_leg():
+            deselected.append(item)  # not skipped: the PostgreSQL + Redis leg runs it
+        else:
+            item.add_marker(pytest.mark.skip(reason=f"needs {' and '.join(missing)}: set DATABASE_URL / REDIS_URL "
+                                                    "(CI does)"))
+            kept.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 
 def require_postgres(needs: str = "PostgreSQL") -> None:
-    """Skip a PostgreSQL-only test on SQLite, but fail it in CI, where every service is there."""
+    """Skip a PostgreSQL-only test on SQLite, but fail it in CI, where every service is there.
+    Mark such tests `@pytest.mark.postgres` too: CI's SQLite leg leaves them to the other leg."""
     if connection.vendor != "postgresql":
         if os.environ.get("CI"):
-            pytest.fail(f"CI runs this on PostgreSQL (set DATABASE_URL): it needs {needs}.")
+            pytest.fail(f"CI runs this on PostgreSQL (set DATABASE_URL): it needs {needs}. "
+                        "Mark it @pytest.mark.postgres so that the SQLite leg leaves it to the PostgreSQL leg.")
         pytest.skip(f"needs {needs}: set DATABASE_URL (CI does)")
 
 

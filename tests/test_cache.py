@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -11,7 +10,7 @@ from django.core.cache import caches
 from gateway_project.cache import RedisCache
 
 
-@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis: set REDIS_URL (CI does)")
+@pytest.mark.redis
 def test_one_redis_client_serves_every_cache_call_and_thread():
     backend = caches["default"]
     assert isinstance(backend, RedisCache)

@@ -301,6 +301,7 @@ def test_a_client_gone_before_the_first_event_is_settled(tenant_admin, settings)
     assert_settled()
 
 
+@pytest.mark.postgres
 def test_a_client_gone_while_its_admission_waits_for_a_lock_is_settled_when_it_commits(tenant_admin):
     """Cancelling the request cannot stop the admission already running in its thread: when that
     admission commits, the call is settled as cancelled at once (its concurrency slot freed)."""

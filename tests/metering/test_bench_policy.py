@@ -30,6 +30,7 @@ def _run(*args: str) -> dict:
     return json.loads(out.getvalue())
 
 
+@pytest.mark.postgres
 def test_bench_policy_measures_every_phase_and_the_floor_and_leaves_no_rows(postgres):
     report = _run()
     assert report["database"] == "postgresql"
@@ -49,6 +50,7 @@ def test_bench_policy_measures_every_phase_and_the_floor_and_leaves_no_rows(post
     assert meters_reconcile() == []
 
 
+@pytest.mark.postgres
 def test_bench_policy_keep_leaves_one_ledger_row_per_operation_and_no_drift(postgres):
     _run("--keep")
     assert UsageLog.objects.filter(tenant__slug=BENCH_SLUG, status="SUCCESS").count() == 40

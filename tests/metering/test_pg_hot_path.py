@@ -17,6 +17,8 @@ from metering.spool import spool_pending, spool_replay
 from tenants.selectors import identity_resolve
 from tests.conftest import require_postgres
 
+pytestmark = pytest.mark.postgres
+
 
 @pytest.fixture(autouse=True)
 def _postgres_only(db, settings, tmp_path):

@@ -29,7 +29,7 @@ from metering.spool import spool_pending, spool_replay, spool_write
 from tests.conftest import require_postgres
 from tests.metering.test_commands import admit, evaluate, run_json, success
 
-pytestmark = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis: set REDIS_URL (CI does)")
+pytestmark = pytest.mark.redis
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -157,6 +157,7 @@ def test_a_call_whose_lease_expired_during_a_long_outage_is_still_charged_once(t
 
 
 @pytest.mark.django_db(transaction=True)  # each replayer thread commits on its own connection
+@pytest.mark.postgres
 def test_two_replayers_in_parallel_threads_record_each_call_once(tenant_admin, hosts):
     # SQLite's shared in-memory test database locks whole tables ("database table is locked") where a
     # real SQLite file in WAL mode with IMMEDIATE transactions would make one writer wait.
@@ -206,6 +207,7 @@ def _replayer_process(hosts: Hosts, directory: Path, *, code: str = "", **env: s
 
 
 @pytest.mark.django_db(transaction=True)  # the replayer processes read and write the committed database
+@pytest.mark.postgres
 def test_replayers_on_two_hosts_at_once_record_each_call_once(tenant_admin, hosts):
     require_postgres("replayer processes sharing the test database")
     import json
@@ -281,6 +283,7 @@ def test_a_replay_that_crashes_after_commit_before_removing_the_record_counts_it
 
 
 @pytest.mark.django_db(transaction=True)  # the crashing replayer is another process
+@pytest.mark.postgres
 def test_a_replayer_process_killed_after_commit_leaves_no_stranded_claim_and_no_double_count(tenant_admin, hosts):
     require_postgres("a replayer process sharing the test database")
     user = tenant_admin.user
@@ -321,6 +324,7 @@ def test_a_record_that_cannot_be_recorded_stays_in_the_spool(tenant_admin, hosts
 
 
 @pytest.mark.django_db(transaction=True)  # the gateway processes serve from the committed database
+@pytest.mark.postgres
 def test_two_gateway_hosts_cut_from_the_database_lose_no_usage_even_when_one_host_is_gone(tenant_admin, hosts):
     """End to end: two gateway hosts (uvicorn processes with their own disks) serve SHADOW calls while the
     database is cut away; one host then dies and its disk is wiped; a third host's replay charges every

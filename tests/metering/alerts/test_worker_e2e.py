@@ -34,8 +34,6 @@ ROOT = Path(__file__).resolve().parents[3]
 
 @pytest.fixture
 def broker_and_postgres(transactional_db):
-    if not os.environ.get("REDIS_URL"):
-        pytest.skip("needs Redis as the Celery broker: set REDIS_URL (CI does)")
     require_postgres("PostgreSQL shared with the worker process")
 
 
@@ -128,6 +126,8 @@ def wait_until(predicate, timeout: float, what: str, log: Path) -> None:
     raise AssertionError(f"timed out waiting for {what}; worker log:\n{log.read_text()[-4000:]}")
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
 def test_a_real_worker_delivers_an_alert_by_email_and_signed_webhooks_with_retries(
         broker_and_postgres, celery_not_eager, tenant_admin, member, smtp, receiver_factory):
     signed = receiver_factory()
