@@ -463,8 +463,8 @@ OTP_ADMIN_HIDE_SENSITIVE_DATA = True  # a device's secret is shown once, by the 
 
 # --- /metrics access ----------------------------------------------------------------------------
 # Both unset: open (as a scrape target on a private network). METRICS_BEARER_TOKEN: scrapes send
-# "Authorization: Bearer <token>" (else 401). METRICS_ALLOWED_IPS: CIDRs of the scrapers' addresses as
-# the gateway sees them (REMOTE_ADDR; behind a proxy, set uvicorn's --forwarded-allow-ips) (else 403).
+# "Authorization: Bearer <token>" (else 401). METRICS_ALLOWED_IPS: CIDRs of the scrapers' addresses (else
+# 403): REMOTE_ADDR, or behind GATEWAY_TRUSTED_PROXY_COUNT proxies of your own the address they forwarded.
 # Both set: both are required.
 METRICS_BEARER_TOKEN = env.str("METRICS_BEARER_TOKEN", default="")
 METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=[])

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from gateway_project.errors import AuthenticationFailed, Forbidden, GatewayError
+from tenants.throttling import client_address
 
 
 @lru_cache(maxsize=8)
@@ -31,7 +32,8 @@ def _address_allowed(remote: str, cidrs: tuple[str, ...]) -> bool:
 def metrics_refusal(request: HttpRequest) -> GatewayError | None:
     """Why this request may not read the metrics, or None."""
     cidrs = tuple(settings.METRICS_ALLOWED_IPS)
-    if cidrs and not _address_allowed(request.META.get("REMOTE_ADDR", ""), cidrs):
+    # The client's address as sign-in throttling sees it: REMOTE_ADDR, or through GATEWAY_TRUSTED_PROXY_COUNT proxies.
+    if cidrs and not _address_allowed(client_address(request), cidrs):
         return Forbidden("Metrics are not served to this address.", code="metrics_forbidden")
     token = settings.METRICS_BEARER_TOKEN
     if token:

@@ -12,8 +12,9 @@ pytestmark = pytest.mark.django_db
 TOKEN = "scrape-token-7f3a9c"
 
 
-def scrape(*, token: str | None = None, address: str = "127.0.0.1", scheme: str = "Bearer"):
-    headers = {"HTTP_AUTHORIZATION": f"{scheme} {token}"} if token is not None else {}
+def scrape(*, token: str | None = None, address: str = "127.0.0.1", scheme: str = "Bearer", **headers):
+    if token is not None:
+        headers["HTTP_AUTHORIZATION"] = f"{scheme} {token}"
     return Client().get("/metrics", REMOTE_ADDR=address, **headers)
 
 
@@ -49,6 +50,14 @@ def test_only_allowed_addresses_may_scrape():
     assert_error(scrape(address="not-an-address"), 403, "metrics_forbidden")
     for allowed in ("10.20.30.40", "192.0.2.7", "2001:db8::5", "::ffff:10.1.1.1"):
         assert scrape(address=allowed).status_code == 200, allowed
+
+
+@override_settings(METRICS_ALLOWED_IPS=["10.0.0.0/8"], GATEWAY_TRUSTED_PROXY_COUNT=1)
+def test_behind_a_trusted_proxy_the_forwarded_address_counts():
+    # The proxy (127.0.0.1) appends the scraper's address; what a client wrote left of it is never read.
+    assert scrape(address="127.0.0.1", HTTP_X_FORWARDED_FOR="10.9.8.7").status_code == 200
+    assert_error(scrape(address="127.0.0.1", HTTP_X_FORWARDED_FOR="10.9.8.7, 198.51.100.4"), 403, "metrics_forbidden")
+    assert_error(scrape(address="10.0.0.1", HTTP_X_FORWARDED_FOR="198.51.100.4"), 403, "metrics_forbidden")
 
 
 @override_settings(METRICS_BEARER_TOKEN=TOKEN, METRICS_ALLOWED_IPS=["10.0.0.0/8"])
