@@ -1,10 +1,17 @@
 """Running one admitted call on providers: fallback across candidates, breakers, timeouts, and
-the spend of every attempt (a failed attempt's consumed tokens are charged too)."""
+the spend of every attempt (a failed attempt's consumed tokens are charged too).
+
+A failed attempt's provider text (`ProviderError.detail`, scrubbed of credentials) goes to the
+server log and to the ledger row's `attempts`; what a tenant is shown is `ProviderError.message`.
+A provider that refused the platform's credentials is skipped like a retryable failure, its
+model's breaker opens at once and super admins are alerted (llm.provider_alerts).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -14,11 +21,22 @@ from typing import Any
 from django.conf import settings
 
 from catalog.selectors import ModelInfo
-from llm import metrics, router
-from llm.providers.base import ChatRequest, ChatResult, Provider, ProviderError, ProviderTimeout, StreamDelta, Usage
+from llm import metrics, provider_alerts, router
+from llm.providers.base import (
+    ChatRequest,
+    ChatResult,
+    Provider,
+    ProviderAuthError,
+    ProviderError,
+    ProviderTimeout,
+    StreamDelta,
+    Usage,
+)
 from llm.tokenizer import text_tokens
 from metering.models import UsageLog
 from metering.services import CallOutcome
+
+logger = logging.getLogger("gateway.providers")
 
 
 @dataclass
@@ -29,6 +47,7 @@ class Attempt:
     latency_ms: int = 0
     error: str = ""
     estimated: bool = False
+    detail: str = ""  # the provider's own text, scrubbed: for the log and the ledger, never the tenant
 
     def cost(self) -> int:
         return self.model.cost_micro_usd(tokens_in=self.tokens_in, tokens_out=self.tokens_out)
@@ -56,15 +75,39 @@ class Spend:
             error_code=error_code,
             usage_estimated=any(a.estimated for a in self.attempts),
             attempts=[{"provider": a.model.provider, "model": a.model.model_name, "error": a.error,
-                       "tokens_in": a.tokens_in, "tokens_out": a.tokens_out, "latency_ms": a.latency_ms}
+                       "detail": a.detail, "tokens_in": a.tokens_in, "tokens_out": a.tokens_out,
+                       "latency_ms": a.latency_ms}
                       for a in failed if a.error],
         )
 
 
 class AllCandidatesFailed(Exception):
+    # str() is the last error's *message* (ours), never the provider's text: a pipeline that
+    # formats the failure into its answer shows the tenant nothing of the provider's.
     def __init__(self, last: ProviderError | None) -> None:
-        super().__init__(str(last) if last else "no provider available")
+        super().__init__(last.message if last else "No configured and healthy provider is available.")
         self.last = last
+
+
+def _failed(attempt: Attempt, model: ModelInfo, error: ProviderError, elapsed: float) -> None:
+    """Record a failed attempt: the ledger's view of it, the log line, and what the failure means for
+    the model (a refused key opens its breaker at once and alerts super admins)."""
+    error.provider = error.provider or model.provider
+    attempt.latency_ms = int(elapsed * 1000)
+    attempt.error, attempt.detail = error.kind, error.detail
+    metrics.provider_observed(model, elapsed, error.kind)
+    if isinstance(error, ProviderAuthError):
+        router.open_now(model)
+        if not provider_alerts.provider_auth_failed(model, error):  # alerted within the cool-down already
+            logger.warning("provider %s model %s still refuses the platform's credentials (%s): %s",
+                           model.provider, model.model_name, error.kind, error.detail)
+    elif error.retryable:
+        router.record_failure(model)
+        logger.warning("provider %s model %s failed (%s): %s", model.provider, model.model_name, error.kind,
+                       error.detail)
+    else:
+        logger.info("provider %s model %s refused the request (%s): %s", model.provider, model.model_name,
+                    error.kind, error.detail)
 
 
 def _request(model: ModelInfo, messages: list[dict[str, Any]], max_tokens: int, temperature: float | None
@@ -108,15 +151,14 @@ async def chat_with_fallback(
                 async with asyncio.timeout(timeout):
                     result = await provider.chat(_request(model, messages, max_tokens, temperature))
             except TimeoutError:
-                raise ProviderTimeout(f"{model.provider} did not answer within {timeout:.0f} s") from None
+                raise ProviderTimeout(f"no answer within the attempt timeout ({timeout:.0f} s)",
+                                      provider=model.provider) from None
         except ProviderError as error:
-            attempt.latency_ms = int((time.monotonic() - started) * 1000)
-            attempt.tokens_in, attempt.tokens_out, attempt.error = error.tokens_in, error.tokens_out, error.kind
-            metrics.provider_observed(model, time.monotonic() - started, error.kind)
+            attempt.tokens_in, attempt.tokens_out = error.tokens_in, error.tokens_out
+            _failed(attempt, model, error, time.monotonic() - started)
             last = error
             if not error.retryable:
                 raise AllCandidatesFailed(error) from None
-            router.record_failure(model)
             metrics.fallback(task_code, model)
             continue
         elapsed = time.monotonic() - started
@@ -181,15 +223,11 @@ async def stream_with_fallback(
                         attempt.estimated = True
                         yield delta.text
         except ProviderError as error:
-            attempt.latency_ms = int((time.monotonic() - started) * 1000)
-            attempt.error = error.kind
             attempt.tokens_in = error.tokens_in or attempt.tokens_in
             # The provider's own count of a cut stream (its partial usage) beats our estimate.
             attempt.tokens_out = error.tokens_out or attempt.tokens_out
-            metrics.provider_observed(model, time.monotonic() - started, error.kind)
+            _failed(attempt, model, error, time.monotonic() - started)
             last = error
-            if error.retryable:
-                router.record_failure(model)
             if state.started_client or not error.retryable:
                 raise AllCandidatesFailed(error) from None
             metrics.fallback(task_code, model)

@@ -7,7 +7,8 @@ Strategy (settings.ROUTER_STRATEGY, overridable per plan or task via ROUTER_STRA
 Candidates stay grouped by model-class preference: `auto` tries the cheapest allowed class first.
 
 Breaker per provider model, state in the shared cache (Redis in production) so every worker
-process sees it: open after ROUTER_BREAKER_FAILURES consecutive failures; after
+process sees it: open after ROUTER_BREAKER_FAILURES consecutive failures (at once, `open_now`, when
+the provider refused the platform's credentials: every further call would fail the same way); after
 ROUTER_BREAKER_COOLDOWN_SECONDS one process at a time may send a half-open probe; a success
 closes it.
 
@@ -165,6 +166,17 @@ def record_failure(model: ModelInfo) -> None:
         opened_at = time.time()
         cache.set(_k("open", model), opened_at, 3600)
         cache.delete(_k("probe", model))
+    _remember(model, ModelHealth(failures=failures, opened_at=opened_at, ewma=health.ewma))
+
+
+def open_now(model: ModelInfo) -> None:
+    """Open the breaker at once, whatever the count: a failure that will repeat on every call (the
+    provider refused our key) should not be sent ROUTER_BREAKER_FAILURES more times first."""
+    health = _health(model, None)
+    failures = max(settings.ROUTER_BREAKER_FAILURES, health.failures)
+    opened_at = time.time()
+    cache.set_many({_k("fail", model): failures, _k("open", model): opened_at}, 3600)
+    cache.delete(_k("probe", model))
     _remember(model, ModelHealth(failures=failures, opened_at=opened_at, ewma=health.ewma))
 
 

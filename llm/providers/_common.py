@@ -48,8 +48,6 @@ if _httpx is not None:
 # Bodies that parsed but not into the fields we need, and JSON that did not parse.
 MALFORMED_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, AttributeError, KeyError, IndexError)
 
-DETAIL_LIMIT = 300
-
 ClientT = TypeVar("ClientT")
 
 
@@ -101,8 +99,8 @@ class PerLoop(Generic[ClientT]):
 
 
 def for_status(provider: str, status: int, detail: str, *, tokens_in: int = 0, tokens_out: int = 0) -> ProviderError:
-    """The taxonomy class for an HTTP error status from a provider."""
-    if status in (401, 402, 403):  # bad key, no credit, not allowed: another try with this key won't help
+    """The taxonomy class for an HTTP error status from a provider; its text is kept as the detail."""
+    if status in (401, 402, 403):  # bad key, no credit, not allowed: our configuration, not the caller's
         cls: type[ProviderError] = ProviderAuthError
     elif status == 429:
         cls = ProviderRateLimited
@@ -112,26 +110,35 @@ def for_status(provider: str, status: int, detail: str, *, tokens_in: int = 0, t
         cls = ProviderOverloaded
     else:  # 400, 404 (unknown model), 409, 413, 422, ...
         cls = ProviderBadRequest
-    return cls(f"{provider}: HTTP {status}: {detail[:DETAIL_LIMIT]}", tokens_in=tokens_in, tokens_out=tokens_out)
+    return cls(f"HTTP {status}: {detail}", provider=provider, tokens_in=tokens_in, tokens_out=tokens_out)
 
 
 def for_transport(provider: str, exc: BaseException, *, tokens_in: int = 0,
                   tokens_out: int = 0) -> ProviderError | None:
     """ProviderTimeout / ProviderConnectionError for a network-level failure, else None."""
     if isinstance(exc, TIMEOUT_ERRORS):
-        return ProviderTimeout(f"{provider}: timed out ({type(exc).__name__})", tokens_in=tokens_in,
+        return ProviderTimeout(f"timed out ({type(exc).__name__})", provider=provider, tokens_in=tokens_in,
                                tokens_out=tokens_out)
     if isinstance(exc, TRANSPORT_ERRORS):
-        return ProviderConnectionError(f"{provider}: connection failed ({type(exc).__name__}: {exc})"[:DETAIL_LIMIT],
+        return ProviderConnectionError(f"connection failed ({type(exc).__name__}: {exc})", provider=provider,
                                        tokens_in=tokens_in, tokens_out=tokens_out)
     return None
+
+
+def connection_failed(provider: str, exc: BaseException, *, tokens_in: int = 0,
+                      tokens_out: int = 0) -> ProviderConnectionError:
+    """An SDK's connection error, with the transport's own reason (host, port, errno) as the detail."""
+    cause = exc.__cause__
+    why = f"{type(cause).__name__}: {cause}" if cause is not None else str(getattr(exc, "message", exc))
+    return ProviderConnectionError(f"connection failed ({why})", provider=provider, tokens_in=tokens_in,
+                                   tokens_out=tokens_out)
 
 
 def malformed(provider: str, exc: BaseException | str, *, tokens_in: int = 0,
               tokens_out: int = 0) -> ProviderOverloaded:
     """A response we cannot read: treated as a provider fault (retryable on another candidate)."""
     what = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-    return ProviderOverloaded(f"{provider}: malformed response ({what})"[:DETAIL_LIMIT], tokens_in=tokens_in,
+    return ProviderOverloaded(f"malformed response ({what})", provider=provider, tokens_in=tokens_in,
                               tokens_out=tokens_out)
 
 

@@ -17,7 +17,15 @@ from typing import Any
 
 import anthropic
 
-from llm.providers._common import MALFORMED_ERRORS, PerLoop, StreamMeter, for_status, for_transport, malformed
+from llm.providers._common import (
+    MALFORMED_ERRORS,
+    PerLoop,
+    StreamMeter,
+    connection_failed,
+    for_status,
+    for_transport,
+    malformed,
+)
 from llm.providers.base import (
     ChatRequest,
     ChatResult,
@@ -28,6 +36,7 @@ from llm.providers.base import (
     StreamDelta,
     Usage,
 )
+from llm.providers.scrub import secret_register
 from llm.tokenizer import message_text, messages_tokens
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -50,6 +59,7 @@ class AnthropicProvider:
         if not api_key:  # no silent fallback to environment variables or profile files
             raise ValueError("anthropic needs an API key")
         self.base_url = base_url or DEFAULT_BASE_URL
+        secret_register(api_key)  # scrubbed from any error text that quotes it
         base = self.base_url
         self._clients: PerLoop[anthropic.AsyncAnthropic] = PerLoop(
             lambda: anthropic.AsyncAnthropic(api_key=api_key, base_url=base, timeout=timeout, max_retries=0),
@@ -81,11 +91,9 @@ class AnthropicProvider:
     def _map(self, exc: Exception, *, tokens_in: int = 0, tokens_out: int = 0) -> ProviderError | None:
         tokens = {"tokens_in": tokens_in, "tokens_out": tokens_out}
         if isinstance(exc, anthropic.APITimeoutError):
-            return ProviderTimeout(f"{self.name}: timed out", **tokens)
+            return ProviderTimeout("timed out", provider=self.name, **tokens)
         if isinstance(exc, anthropic.APIConnectionError):
-            cause = exc.__cause__
-            why = f"{type(cause).__name__}: {cause}" if cause is not None else exc.message
-            return ProviderConnectionError(f"{self.name}: connection failed ({why})"[:300], **tokens)
+            return connection_failed(self.name, exc, **tokens)
         if isinstance(exc, anthropic.APIResponseValidationError):
             return malformed(self.name, exc, **tokens)
         if isinstance(exc, anthropic.APIStatusError):
@@ -120,7 +128,7 @@ class AnthropicProvider:
         if not isinstance(usage.tokens_out, int):
             raise malformed(self.name, "usage.output_tokens missing")
         if stop == "refusal":
-            raise ProviderContentFiltered(f"{self.name}: the model refused (stop_reason refusal)",
+            raise ProviderContentFiltered("the model refused (stop_reason refusal)", provider=self.name,
                                           tokens_in=usage.tokens_in, tokens_out=usage.tokens_out)
         return ChatResult(text=text, finish_reason=STOP_REASONS.get(stop or "", "stop"), usage=usage,
                           provider_response_id=response_id)
@@ -160,10 +168,10 @@ class AnthropicProvider:
         finally:
             await stream.close()
         if stop is None:  # the body ended cleanly without message_delta: a cut
-            raise ProviderConnectionError(f"{self.name}: the stream ended before the answer finished",
+            raise ProviderConnectionError("the stream ended before the answer finished", provider=self.name,
                                           **meter.consumed())
         usage = Usage(tokens_in, tokens_out) if tokens_in is not None and tokens_out is not None else None
         if stop == "refusal":
             spent = {"tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out} if usage else meter.consumed()
-            raise ProviderContentFiltered(f"{self.name}: the model refused (stop_reason refusal)", **spent)
+            raise ProviderContentFiltered("the model refused (stop_reason refusal)", provider=self.name, **spent)
         yield StreamDelta(finish_reason=STOP_REASONS.get(stop, "stop"), usage=usage)

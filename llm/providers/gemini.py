@@ -33,12 +33,14 @@ from llm.providers.base import (
     StreamDelta,
     Usage,
 )
+from llm.providers.scrub import secret_register
 from llm.tokenizer import message_text, messages_tokens, text_tokens
 
 # Finish reasons meaning the answer was withheld or cut by a safety / policy filter.
 FILTER_REASONS = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
                             "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "MODEL_ARMOR"})
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length"}  # anything else that is not a filter: "stop"
+KEY_REJECTED_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
 
 
 def _name(value: Any) -> str | None:
@@ -62,6 +64,15 @@ def _usage(meta: Any) -> Usage | None:
                  (meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0))
 
 
+def _key_rejected(details: Any) -> bool:
+    """The Gemini API answers a wrong or expired key with a 400 INVALID_ARGUMENT, told apart from a bad
+    request only by its google.rpc.ErrorInfo reason."""
+    error = details.get("error") if isinstance(details, dict) else None
+    infos = error.get("details") if isinstance(error, dict) else None
+    return isinstance(infos, list) and any(
+        isinstance(info, dict) and info.get("reason") in KEY_REJECTED_REASONS for info in infos)
+
+
 def _blocked(response: Any) -> str | None:
     feedback = response.prompt_feedback
     return _name(feedback.block_reason) if feedback is not None and feedback.block_reason else None
@@ -74,6 +85,8 @@ class GeminiProvider:
         if not api_key:
             raise ValueError("gemini needs an API key")
         self.base_url = base_url
+        secret_register(api_key)  # scrubbed from any error text that quotes it (or a ?key= URL)
+
         def client() -> genai.Client:
             # google-genai switches its async calls to aiohttp whenever aiohttp is installed (the
             # openai SDK's transport needs it), unless given an httpx transport: stay on httpx2,
@@ -106,7 +119,7 @@ class GeminiProvider:
                 contents.append(types.Content(role="model" if role == "assistant" else "user",
                                               parts=[types.Part(text=text)]))
         if not contents:
-            raise ProviderBadRequest("gemini: at least one user or assistant message is required")
+            raise ProviderBadRequest("at least one user or assistant message is required", provider="gemini")
         config = types.GenerateContentConfig(
             system_instruction="\n\n".join(system) if system else None,
             max_output_tokens=request.max_tokens,
@@ -120,6 +133,8 @@ class GeminiProvider:
         tokens = {"tokens_in": tokens_in, "tokens_out": tokens_out}
         if isinstance(exc, genai_errors.APIError):
             status = exc.code if isinstance(exc.code, int) and exc.code >= 400 else 500
+            if status == 400 and _key_rejected(exc.details):
+                status = 401  # our key, not the caller's request
             detail = " ".join(str(part) for part in (exc.status, exc.message) if part)
             return for_status(self.name, status, detail, **tokens)
         mapped = for_transport(self.name, exc, **tokens)
@@ -132,7 +147,7 @@ class GeminiProvider:
     def _filtered(self, why: str, usage: Usage | None, spent: dict[str, int]) -> ProviderContentFiltered:
         if usage is not None:
             spent = {"tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out}
-        return ProviderContentFiltered(f"{self.name}: {why}", **spent)
+        return ProviderContentFiltered(why, provider=self.name, **spent)
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         contents, config = self._convert(request)
@@ -200,7 +215,7 @@ class GeminiProvider:
         if blocked:
             raise self._filtered(f"the prompt was blocked ({blocked})", usage, meter.consumed())
         if reason is None:  # the body ended cleanly but the model never finished: a cut
-            raise ProviderConnectionError(f"{self.name}: the stream ended before the answer finished",
+            raise ProviderConnectionError("the stream ended before the answer finished", provider=self.name,
                                           **meter.consumed())
         if reason in FILTER_REASONS:
             raise self._filtered(f"the answer was stopped by the content filter ({reason})", usage, meter.consumed())

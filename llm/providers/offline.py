@@ -61,8 +61,8 @@ class OfflineProvider:
         words, finish = self._answer(request)
         tokens_in = self.count_tokens(request.messages, request.model)
         if self._should_fail(request):
-            raise ProviderOverloaded("offline provider failed mid-call (requested)", tokens_in=tokens_in,
-                                     tokens_out=len(words) // 2)
+            raise ProviderOverloaded("offline provider failed mid-call (requested)", provider=self.name,
+                                     tokens_in=tokens_in, tokens_out=len(words) // 2)
         return ChatResult(text=self._join(words), finish_reason=finish, usage=Usage(tokens_in, len(words)),
                           provider_response_id="offline-" + hashlib.sha256(self._join(words).encode()).hexdigest()[:12])
 
@@ -83,8 +83,8 @@ class OfflineProvider:
         step = settings.OFFLINE_PROVIDER_LATENCY_MS / 1000 / max(1, len(words))
         for index, word in enumerate(words):
             if fail_at is not None and index == fail_at:
-                raise ProviderOverloaded("offline provider failed mid-stream (requested)", tokens_in=tokens_in,
-                                         tokens_out=index)
+                raise ProviderOverloaded("offline provider failed mid-stream (requested)", provider=self.name,
+                                         tokens_in=tokens_in, tokens_out=index)
             if step:
                 await asyncio.sleep(step)
             yield StreamDelta(text=word if index == 0 or templated else " " + word)

@@ -31,7 +31,7 @@ import openai
 from openai import AsyncStream
 from openai._types import RequestOptions
 
-from llm.providers._common import MALFORMED_ERRORS, PerLoop, StreamMeter, for_status, malformed
+from llm.providers._common import MALFORMED_ERRORS, PerLoop, StreamMeter, connection_failed, for_status, malformed
 from llm.providers.base import (
     ChatRequest,
     ChatResult,
@@ -45,6 +45,7 @@ from llm.providers.base import (
     StreamDelta,
     Usage,
 )
+from llm.providers.scrub import secret_register
 from llm.tokenizer import messages_tokens, text_tokens
 
 NAMES = ("openai", "grok", "openai_compatible")
@@ -87,6 +88,7 @@ class OpenAIProvider:
             raise ValueError(f"{name} needs an API key")
         self.name = name
         self.base_url = base_url
+        secret_register(api_key)  # scrubbed from any error text that quotes it
         self._max_tokens_param = "max_completion_tokens" if name == "openai" else "max_tokens"
         self._clients: PerLoop[openai.AsyncOpenAI] = PerLoop(
             lambda: openai.AsyncOpenAI(api_key=api_key or KEYLESS_PLACEHOLDER, base_url=base_url, timeout=timeout,
@@ -119,23 +121,21 @@ class OpenAIProvider:
         return Usage(prompt, max(completion, total - prompt) if isinstance(total, int) else completion)
 
     def _error(self, exc: openai.OpenAIError, *, tokens_in: int = 0, tokens_out: int = 0) -> ProviderError:
-        tokens = {"tokens_in": tokens_in, "tokens_out": tokens_out}
+        tokens: dict[str, Any] = {"provider": self.name, "tokens_in": tokens_in, "tokens_out": tokens_out}
         if isinstance(exc, openai.APITimeoutError) and not _connect_failed(exc):
-            return ProviderTimeout(f"{self.name}: timed out", **tokens)
+            return ProviderTimeout("timed out", **tokens)
         if isinstance(exc, openai.APIConnectionError):
-            cause = exc.__cause__
-            why = f"{type(cause).__name__}: {cause}" if cause is not None else exc.message
-            return ProviderConnectionError(f"{self.name}: connection failed ({why})"[:300], **tokens)
+            return connection_failed(self.name, exc, tokens_in=tokens_in, tokens_out=tokens_out)
         if isinstance(exc, openai.APIResponseValidationError):
-            return malformed(self.name, exc, **tokens)
+            return malformed(self.name, exc, tokens_in=tokens_in, tokens_out=tokens_out)
         if isinstance(exc, openai.APIStatusError):
             detail = _detail(exc)
             if exc.status_code == 400 and (exc.code in CONTENT_FILTER_CODES or "content management policy" in detail):
-                return ProviderContentFiltered(f"{self.name}: refused by the content policy: {detail}"[:300], **tokens)
-            return for_status(self.name, exc.status_code, detail, **tokens)
+                return ProviderContentFiltered(f"refused by the content policy: {detail}", **tokens)
+            return for_status(self.name, exc.status_code, detail, tokens_in=tokens_in, tokens_out=tokens_out)
         if isinstance(exc, openai.APIError):  # an error object inside a 200 stream
             kind = f"{exc.code or ''} {exc.type or ''}"
-            message = f"{self.name}: error in the stream: {_detail(exc)}"[:300]
+            message = f"error in the stream: {_detail(exc)}"
             if exc.code in CONTENT_FILTER_CODES:
                 return ProviderContentFiltered(message, **tokens)
             if "rate_limit" in kind:
@@ -143,7 +143,7 @@ class OpenAIProvider:
             if "invalid_request" in kind:
                 return ProviderBadRequest(message, **tokens)
             return ProviderOverloaded(message, **tokens)
-        return ProviderOverloaded(f"{self.name}: {type(exc).__name__}: {exc}"[:300], **tokens)
+        return ProviderOverloaded(f"{type(exc).__name__}: {exc}", **tokens)
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         client = await self._clients.get()
@@ -170,7 +170,7 @@ class OpenAIProvider:
             usage = Usage(self.count_tokens(request.messages, request.model), text_tokens(text, request.model),
                           estimated=True)
         if finish == "content_filter":
-            raise ProviderContentFiltered(f"{self.name}: the answer was stopped by the content filter",
+            raise ProviderContentFiltered("the answer was stopped by the content filter", provider=self.name,
                                           tokens_in=usage.tokens_in, tokens_out=usage.tokens_out)
         return ChatResult(text=text, finish_reason=finish, usage=usage, provider_response_id=response_id)
 
@@ -211,9 +211,9 @@ class OpenAIProvider:
         finally:
             await stream.close()
         if finish is None:  # the body ended cleanly but the model never finished: a cut
-            raise ProviderConnectionError(f"{self.name}: the stream ended before the answer finished",
+            raise ProviderConnectionError("the stream ended before the answer finished", provider=self.name,
                                           **meter.consumed())
         if finish == "content_filter":
             spent = {"tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out} if usage else meter.consumed()
-            raise ProviderContentFiltered(f"{self.name}: the answer was stopped by the content filter", **spent)
+            raise ProviderContentFiltered("the answer was stopped by the content filter", provider=self.name, **spent)
         yield StreamDelta(finish_reason=finish, usage=usage)

@@ -7,8 +7,8 @@ deterministically from the request, count their own tokens, keep a ledger of wha
 """
 
 from tests.fakes.anthropic_fake import FakeAnthropic
-from tests.fakes.base import FakeProvider
+from tests.fakes.base import FakeProvider, closed_port
 from tests.fakes.gemini_fake import FakeGemini
 from tests.fakes.openai_fake import FakeOpenAI
 
-__all__ = ["FakeAnthropic", "FakeGemini", "FakeOpenAI", "FakeProvider"]
+__all__ = ["FakeAnthropic", "FakeGemini", "FakeOpenAI", "FakeProvider", "closed_port"]

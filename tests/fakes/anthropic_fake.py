@@ -45,6 +45,9 @@ class FakeAnthropic(FakeProvider):
             return True
         return self.api_key == h.headers.get("x-api-key") or h.headers.get("Authorization") == f"Bearer {self.api_key}"
 
+    def send_unauthorized(self, h) -> None:
+        self.send_error_status(h, 401, message="invalid x-api-key")  # Anthropic's own wording
+
     def error_body(self, status: int, code: str | None, message: str) -> dict[str, Any]:
         kind = code or _ERRORS.get(status, "api_error")
         return {"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_fake"}

@@ -11,11 +11,15 @@ Subclasses speak one provider's protocol; this module gives them:
   the part of a stream that was sent before a cut or a client that went away;
 * `received`, every request as it arrived (path, lower-cased headers, JSON body);
 * a fault script consumed one entry per call, in order: `fail_next` (an HTTP error status with the
-  provider's error body), `delay_next` (before answering, or after K streamed chunks), `malformed_next`
+  provider's error body, optionally with the message a test chooses: a key quoted back, an internal
+  host), `delay_next` (before answering, or after K streamed chunks), `malformed_next`
   (a body or stream event that is not valid JSON, or JSON missing the required fields), `cut_next`
   (drop the connection after K streamed chunks, or end the body early as a proxy would),
   `error_event_next` (an error event in the middle of a 200 stream), `filter_next` (the provider's
-  content-filter ending), and `go_down` / `come_up` (connection refused until it comes back).
+  content-filter ending), and `go_down` / `come_up` (connection refused until it comes back);
+* a request with the wrong key gets the provider's own answer (`send_unauthorized`: OpenAI's 401 quotes
+  the key it was sent back, Gemini's is a 400 whose ErrorInfo says API_KEY_INVALID, as the real APIs
+  do), and `closed_port()` names a loopback port nothing listens on.
 """
 
 from __future__ import annotations
@@ -57,6 +61,13 @@ def pieces(words: list[str]) -> list[str]:
     return [word if i == 0 else " " + word for i, word in enumerate(words)]
 
 
+def closed_port() -> int:
+    """A loopback port with nothing listening (bound, then released): connecting to it is refused."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def response_id(prefix: str, model: str, prompt: str) -> str:
     return prefix + hashlib.sha256(f"{model}\n{prompt}".encode()).hexdigest()[:24]
 
@@ -70,6 +81,7 @@ class Fault:
     clean: bool = False  # cut: end the HTTP body properly instead of dropping the connection
     variant: str = "truncated"  # malformed: "truncated" JSON, or "missing" required fields
     code: str | None = None  # status / error_event: the provider's error code or type
+    message: str | None = None  # status: the provider's error message (else its usual one)
 
 
 @dataclass
@@ -215,9 +227,10 @@ class FakeProvider:
         with self._lock:
             self._faults.extend(Fault(**vars(fault)) for _ in range(times))
 
-    def fail_next(self, status: int, times: int = 1, *, code: str | None = None) -> None:
-        """The next `times` calls get this HTTP status with the provider's error body."""
-        self._script(Fault("status", status=status, code=code), times)
+    def fail_next(self, status: int, times: int = 1, *, code: str | None = None, message: str | None = None) -> None:
+        """The next `times` calls get this HTTP status with the provider's error body (with `message`
+        as its text when given: e.g. the key quoted back, or an internal proxy's host and port)."""
+        self._script(Fault("status", status=status, code=code, message=message), times)
 
     def delay_next(self, seconds: float, times: int = 1, *, after_chunks: int | None = None) -> None:
         """Wait before answering (or, in a stream, after `after_chunks` content chunks)."""
@@ -268,9 +281,9 @@ class FakeProvider:
                 time.sleep(fault.seconds)
                 fault = None
             if not self.authorized(h):
-                self.send_error_status(h, 401)
+                self.send_unauthorized(h)
             elif fault is not None and fault.kind == "status":
-                self.send_error_status(h, fault.status, fault.code)
+                self.send_error_status(h, fault.status, fault.code, fault.message)
             elif not isinstance(body, dict):
                 self.send_error_status(h, 400, message="the request body must be a JSON object")
             else:
@@ -359,6 +372,10 @@ class FakeProvider:
 
     def authorized(self, h: _Handler) -> bool:
         raise NotImplementedError
+
+    def send_unauthorized(self, h: _Handler) -> None:
+        """The provider's answer to a wrong key (the fakes send each provider's own status and wording)."""
+        self.send_error_status(h, 401)
 
     def handle(self, h: _Handler, body: dict[str, Any], fault: Fault | None) -> None:
         raise NotImplementedError

@@ -49,6 +49,14 @@ class FakeGemini(FakeProvider):
         query_key = parse_qs(urlsplit(h.path).query).get("key", [None])[0]
         return self.api_key in (h.headers.get("x-goog-api-key"), query_key)
 
+    def send_unauthorized(self, h) -> None:
+        # What the Gemini API answers to a wrong key: a 400, told apart from a bad request only by its ErrorInfo.
+        self.send_json(h, 400, {"error": {
+            "code": 400, "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT",
+            "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+                         "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}}],
+        }})
+
     def error_body(self, status: int, code: str | None, message: str) -> dict[str, Any]:
         return {"error": {"code": status, "message": message, "status": code or _STATUS.get(status, "UNKNOWN")}}
 

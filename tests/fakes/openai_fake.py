@@ -59,6 +59,12 @@ class FakeOpenAI(FakeProvider):
     def authorized(self, h) -> bool:
         return self.api_key is None or h.headers.get("Authorization") == f"Bearer {self.api_key}"
 
+    def send_unauthorized(self, h) -> None:
+        # OpenAI's own wording, with the key it was sent quoted back: the text must never reach a tenant.
+        sent = (h.headers.get("Authorization") or "").removeprefix("Bearer ")
+        self.send_error_status(h, 401, message=f"Incorrect API key provided: {sent}. You can find your API key at "
+                                               "https://platform.openai.com/account/api-keys.")
+
     def error_body(self, status: int, code: str | None, message: str) -> dict[str, Any]:
         kind, default_code = _ERRORS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
         return {"error": {"message": message, "type": kind, "param": None, "code": code or default_code}}
