@@ -66,7 +66,8 @@ def password_login_allowed() -> bool:
 def is_sso_session(request: HttpRequest) -> bool:
     from django.contrib.auth import BACKEND_SESSION_KEY
 
-    return request.session.get(BACKEND_SESSION_KEY) == BACKEND_PATH
+    session = getattr(request, "session", None)  # a request that never went through the session middleware
+    return session is not None and session.get(BACKEND_SESSION_KEY) == BACKEND_PATH
 
 
 # ------------------------------------------------------------------------------------------ discovery
