@@ -271,6 +271,9 @@ GATEWAY_ENFORCEMENT_MODE = env.str("GATEWAY_ENFORCEMENT_MODE", default="HARD")
 if GATEWAY_ENFORCEMENT_MODE not in {"SHADOW", "SOFT", "HARD"}:
     raise ImproperlyConfigured("GATEWAY_ENFORCEMENT_MODE must be SHADOW, SOFT or HARD.")
 RESERVATION_LEASE_SECONDS = env.int("RESERVATION_LEASE_SECONDS", default=120)
+# Which implementation of the holds contract runs: "" = PostgreSQL's function on PostgreSQL, Python
+# elsewhere; "python" forces the Python one (the contract suite and bench-policy compare the two).
+METERING_HOLDS_BACKEND = env.str("METERING_HOLDS_BACKEND", default="")
 # How old the usage a usage-based throttle rule reads may be (per process; 0 = read every call).
 POLICY_USAGE_CACHE_SECONDS = env.float("POLICY_USAGE_CACHE_SECONDS", default=1.0)
 # The offline provider serves canned text: on in the embedded default, off in production unless switched on.

@@ -44,6 +44,8 @@ class AdmitResult:
     failed: list[int] = field(default_factory=list)  # indexes into the holds that would cross their limit
     # For each failed hold: (used, reserved) of its meter when admission looked.
     failed_usage: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # For each failed hold: its meter's id (a refused quota raises QUOTA_EXCEEDED on that meter).
+    failed_meters: dict[int, int] = field(default_factory=dict)
     alerts: list[int] = field(default_factory=list)
 
 
@@ -89,9 +91,12 @@ class PythonHolds:
         failed = sorted(index_of[m] for m in failed_ids)
         failed_usage = meter_sql.meters_usage(failed_ids) if failed_ids else {}
         result = AdmitResult(status="admitted", failed=failed,
-                             failed_usage={index_of[m]: usage for m, usage in failed_usage.items()})
+                             failed_usage={index_of[m]: usage for m, usage in failed_usage.items()},
+                             failed_meters={index_of[m]: m for m in failed_ids})
         if failed and mode == "HARD":
-            transaction.set_rollback(True)  # nothing written: the holds taken above go back
+            # The holds taken go back; the meters stay, as the PostgreSQL function leaves them: the
+            # refusal's QUOTA_EXCEEDED alert points at them.
+            meter_sql.holds_move([(meter_id, by_meter[meter_id].amount, 0) for meter_id in values])
             result.status = "refused"
             return result
         if failed:
@@ -164,6 +169,7 @@ class PostgresHolds:
         usage = result.get("failed_usage") or []
         return AdmitResult(status=result["status"], failed=failed,
                            failed_usage={i: (u[0], u[1]) for i, u in zip(failed, usage, strict=False)},
+                           failed_meters=dict(zip(failed, result.get("failed_meters") or [], strict=False)),
                            alerts=result.get("alerts", []))
 
     def settle(self, *, reservation_id: uuid.UUID, outcome: CallOutcome, now: datetime,
@@ -195,7 +201,7 @@ _BACKENDS: dict[str, HoldsBackend] = {"python": PythonHolds(), "postgres": Postg
 def holds_backend() -> HoldsBackend:
     """PostgreSQL's function where it runs, else Python; `METERING_HOLDS_BACKEND=python` forces the
     Python implementation (the contract suite runs both on PostgreSQL)."""
-    forced = getattr(settings, "METERING_HOLDS_BACKEND", "")
+    forced = settings.METERING_HOLDS_BACKEND
     if forced:
         return _BACKENDS[forced]
     return _BACKENDS["postgres" if connection.vendor == "postgresql" else "python"]
