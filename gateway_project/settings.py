@@ -274,6 +274,8 @@ RESERVATION_LEASE_SECONDS = env.int("RESERVATION_LEASE_SECONDS", default=120)
 # Which implementation of the holds contract runs: "" = PostgreSQL's function on PostgreSQL, Python
 # elsewhere; "python" forces the Python one (the contract suite and bench-policy compare the two).
 METERING_HOLDS_BACKEND = env.str("METERING_HOLDS_BACKEND", default="")
+# A provider refusing our key alerts super admins once per model per this many seconds.
+PROVIDER_ALERT_COOLDOWN_SECONDS = env.int("PROVIDER_ALERT_COOLDOWN_SECONDS", default=3600)
 # How old the usage a usage-based throttle rule reads may be (per process; 0 = read every call).
 POLICY_USAGE_CACHE_SECONDS = env.float("POLICY_USAGE_CACHE_SECONDS", default=1.0)
 # The offline provider serves canned text: on in the embedded default, off in production unless switched on.

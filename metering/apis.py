@@ -53,12 +53,18 @@ class UsageApi(APIView):
 class UsageLogSerializer(serializers.ModelSerializer):
     task = serializers.CharField(source="task.code")
     user = serializers.CharField(source="user.username", default=None)
+    attempts = serializers.SerializerMethodField()
 
     class Meta:
         model = UsageLog
         fields = ["request_id", "task", "user", "feature_code", "provider", "model_name", "model_class", "tokens_in",
                   "tokens_out", "api_calls", "cost_micro_usd", "latency_ms", "status", "error_code",
-                  "enforcement_mode", "would_refuse_code", "usage_estimated", "attempts", "admitted_at", "created_at"]
+                  "enforcement_mode", "would_refuse_code", "usage_estimated", "settled_late", "max_tokens_fitted",
+                  "attempts", "admitted_at", "created_at"]
+
+    def get_attempts(self, log: UsageLog) -> list[dict]:
+        # The provider's own text (even scrubbed) is for operators: it can name internal hosts.
+        return [{k: v for k, v in attempt.items() if k != "detail"} for attempt in log.attempts or []]
 
 
 class UsageLogsApi(APIView):

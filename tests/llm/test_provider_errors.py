@@ -127,6 +127,17 @@ def test_a_refused_key_never_reaches_the_tenant_and_alerts_super_admins(fakes, t
     assert KEYS[provider] not in alert.body and "[redacted]" in alert.body
 
 
+def test_the_tenants_ledger_view_never_shows_the_providers_text(fakes, tenant_admin, mailoutbox):
+    call(tenant_admin, MODELS["openai"])  # OpenAI's fake quotes the wrong key back in its 401
+    assert "401" in UsageLog.objects.get().attempts[0]["detail"]  # kept for operators
+    page = tenant_admin.client.get("/api/usage/logs/")
+    assert page.status_code == 200
+    [row] = page.json()["results"]
+    assert row["error_code"] == "provider_auth" and row["attempts"][0]["error"] == "provider_auth"
+    assert "detail" not in row["attempts"][0]
+    assert "Incorrect API key" not in page.content.decode() and KEYS["openai"] not in page.content.decode()
+
+
 def test_gemini_answers_a_wrong_key_with_a_400_and_it_is_still_an_auth_failure(fakes, tenant_admin, mailoutbox):
     response, raw, body = call(tenant_admin, MODELS["gemini"])  # its fake refuses as Gemini does: 400 API_KEY_INVALID
 
