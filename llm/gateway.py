@@ -13,41 +13,16 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from catalog.selectors import ModelInfo
-from gateway_project.errors import BadRequest, ServiceUnavailable
-from llm import calls, openai_wire, router
-from llm.metered import CallResponse, MeteredCall, SettledOnClose, enforcement_mode
-from llm.providers.base import Provider, ProviderError
-from llm.providers.registry import servable
+from gateway_project.errors import BadRequest
+from llm import calls, openai_wire
+from llm.metered import CallResponse, MeteredCall, SettledOnClose, enforcement_mode, provider_failure
 from llm.tokenizer import messages_tokens
 from metering.models import UsageLog
-from metering.policy import EnforcementDecision
 from tenants.selectors import TenantContext
 
 GatewayResponse = CallResponse  # the name the task pipelines and views use
 
 __all__ = ["GatewayResponse", "chat_request", "enforcement_mode"]
-
-
-def _candidates(decision: EnforcementDecision, context: TenantContext) -> list[tuple[ModelInfo, Provider]]:
-    configured = servable(decision.candidates)
-    strategy = router.strategy_for(plan_code=context.plan_code, task_code=decision.task.code)
-    ordered = router.order_candidates([m for m, _ in configured], classes=decision.model_classes,
-                                      strategy=strategy, tokens_in=decision.tokens_in,
-                                      max_tokens_out=decision.max_tokens_out)
-    providers = {id(m): p for m, p in configured}
-    return [(m, providers[id(m)]) for m in ordered]
-
-
-def _provider_failure(error: ProviderError | None) -> GatewayResponse:
-    if error is None:
-        return GatewayResponse(503, ServiceUnavailable(
-            "No configured and healthy provider serves the allowed model classes.", code="no_provider_available"
-        ).payload())
-    # Our code and our words only: the provider's own text (error.detail) can carry the platform's
-    # key or internal hosts, and went to the log and the ledger instead (llm/calls.py).
-    return GatewayResponse(error.status_code if error.status_code in (400, 502, 503, 504) else 502, {"error": {
-        "code": error.code, "message": error.message, "type": "provider_error"}})
 
 
 def _metered_call(context: TenantContext, task_code: str, body: Any, chat: openai_wire.ChatInput,
@@ -79,7 +54,7 @@ async def _complete(context: TenantContext, task_code: str, body: Any, chat: ope
             result = await calls.chat_with_fallback(call.candidates, chat.messages, decision.max_tokens_out,
                                                     chat.temperature, call.spend, task_code)
         except calls.AllCandidatesFailed as failure:
-            response = _provider_failure(failure.last)
+            response = provider_failure(failure.last)
             call.fail(UsageLog.Status.ERROR, response.body["error"]["code"])
         else:
             served = call.spend.attempts[-1].model
@@ -122,7 +97,7 @@ async def _stream_events(call: MeteredCall) -> AsyncIterator[bytes]:
                     first = False
                 yield chunk({"content": piece})
         except calls.AllCandidatesFailed as failure:
-            failed = _provider_failure(failure.last)
+            failed = provider_failure(failure.last)
             call.fail(UsageLog.Status.ERROR, failed.body["error"]["code"])
             await call.settle()
             yield openai_wire.sse(failed.body)

@@ -33,10 +33,11 @@ from django.utils import timezone
 
 from catalog.selectors import ModelInfo
 from gateway_project.errors import Conflict, GatewayError, ServiceUnavailable
-from llm import calls, metrics
+from llm import calls, metrics, router
 from llm.db import db_step
 from llm.openai_wire import ChatInput
-from llm.providers.base import Provider
+from llm.providers.base import Provider, ProviderError
+from llm.providers.registry import servable
 from metering import services as metering
 from metering.models import UsageLog, UsageReservation
 from metering.policy import EnforcementDecision, policy_evaluate
@@ -188,6 +189,29 @@ def _settle(admitted: _Admitted, context: TenantContext, request_id: str,
     return None
 
 
+def candidates_for(decision: EnforcementDecision, context: TenantContext) -> list[tuple[ModelInfo, Provider]]:
+    """The models this call may use that can be served now, in the router's order."""
+    configured = servable(decision.candidates)
+    strategy = router.strategy_for(plan_code=context.plan_code, task_code=decision.task.code)
+    ordered = router.order_candidates([m for m, _ in configured], classes=decision.model_classes,
+                                      strategy=strategy, tokens_in=decision.tokens_in,
+                                      max_tokens_out=decision.max_tokens_out)
+    providers = {id(m): p for m, p in configured}
+    return [(m, providers[id(m)]) for m in ordered]
+
+
+def provider_failure(error: ProviderError | None) -> CallResponse:
+    """The response for a call every candidate failed: our code and message, never the provider's."""
+    if error is None:
+        return CallResponse(503, ServiceUnavailable(
+            "No configured and healthy provider serves the allowed model classes.", code="no_provider_available"
+        ).payload())
+    # Our code and our words only: the provider's own text (error.detail) can carry the platform's
+    # key or internal hosts, and went to the log and the ledger instead (llm/calls.py).
+    return CallResponse(error.status_code if error.status_code in (400, 502, 503, 504) else 502, {"error": {
+        "code": error.code, "message": error.message, "type": "provider_error"}})
+
+
 # Settlements started for calls whose client left mid-admission: referenced until done (the event
 # loop keeps only weak references to tasks).
 _orphan_settlements: set[asyncio.Future] = set()
@@ -241,9 +265,7 @@ class MeteredCall:
             return CallResponse(admitted.status, admitted.body,
                                 {"X-Request-ID": admitted.request_id, "Idempotent-Replayed": "true"})
         self.admitted = admitted
-        from llm.gateway import _candidates
-
-        self.candidates = _candidates(admitted.decision, self.context)
+        self.candidates = candidates_for(admitted.decision, self.context)
         metrics.IN_FLIGHT.labels(self.task_code).inc()
         return None
 
@@ -387,4 +409,4 @@ class SettledOnClose:
         await self._events.aclose()  # type: ignore[attr-defined]
 
 
-__all__ = ["CallResponse", "MeteredCall", "SettledOnClose", "enforcement_mode"]
+__all__ = ["CallResponse", "MeteredCall", "SettledOnClose", "candidates_for", "enforcement_mode", "provider_failure"]

@@ -14,7 +14,7 @@ from typing import Any
 from gateway_project.errors import BadRequest, GatewayError
 from llm import calls, gateway, openai_wire
 from llm.adapters.base import AdapterRun, BudgetExhausted, TaskAdapter
-from llm.metered import MeteredCall, SettledOnClose
+from llm.metered import MeteredCall, SettledOnClose, provider_failure
 from llm.tokenizer import text_tokens
 from metering.models import UsageLog
 from tenants.selectors import TenantContext
@@ -74,7 +74,7 @@ async def run_task(*, context: TenantContext, adapter: TaskAdapter, payload: Any
                     run.notes.append(f"Stopped at {stop.key} = {stop.limit}; returning what was produced so far.")
                     result = {}
             except calls.AllCandidatesFailed as failure:
-                failed = gateway._provider_failure(failure.last)
+                failed = provider_failure(failure.last)
                 call.external_calls = run.external_calls
                 call.fail(UsageLog.Status.ERROR, failed.body["error"]["code"])
                 return failed.status, failed.body
