@@ -52,6 +52,7 @@ DECLARE
     v_ids bigint[];
     v_failed int[];
     v_failed_usage jsonb;
+    v_failed_meters bigint[];
     v_alerts bigint[];
 BEGIN
     -- Holds are leases, not the ledger: this commit need not wait for the WAL flush (the meter
@@ -103,14 +104,17 @@ BEGIN
     PERFORM 1 FROM metering_usagemeter WHERE id = ANY(v_ids) ORDER BY id FOR NO KEY UPDATE;
 
     SELECT COALESCE(array_agg(x.i ORDER BY x.i), '{}'),
-           COALESCE(jsonb_agg(jsonb_build_array(m.used, m.reserved) ORDER BY x.i), '[]')
-    INTO v_failed, v_failed_usage
+           COALESCE(jsonb_agg(jsonb_build_array(m.used, m.reserved) ORDER BY x.i), '[]'),
+           COALESCE(array_agg(x.id ORDER BY x.i), '{}')
+    INTO v_failed, v_failed_usage, v_failed_meters
     FROM unnest(v_ids) WITH ORDINALITY AS x(id, i)
     JOIN metering_usagemeter m ON m.id = x.id
     WHERE m.used + m.reserved + h_amount[x.i] > h_limit[x.i];
 
     IF p_mode = 'HARD' AND cardinality(v_failed) > 0 THEN
-        RETURN jsonb_build_object('status', 'refused', 'failed', to_jsonb(v_failed), 'failed_usage', v_failed_usage);
+        -- The meters stay (created above if new): the refusal's QUOTA_EXCEEDED alert points at them.
+        RETURN jsonb_build_object('status', 'refused', 'failed', to_jsonb(v_failed), 'failed_usage', v_failed_usage,
+                                  'failed_meters', to_jsonb(v_failed_meters));
     END IF;
 
     INSERT INTO metering_usagereservation (id, request_id, status, enforcement_mode, expires_at, created_at,
@@ -149,7 +153,7 @@ BEGIN
     SELECT COALESCE(array_agg(id), '{}') INTO v_alerts FROM alerts;
 
     RETURN jsonb_build_object('status', 'admitted', 'failed', to_jsonb(v_failed), 'failed_usage', v_failed_usage,
-                              'alerts', to_jsonb(v_alerts));
+                              'failed_meters', to_jsonb(v_failed_meters), 'alerts', to_jsonb(v_alerts));
 END
 $fn$;
 """

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import zoneinfo
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -167,6 +167,9 @@ class EnforcementDecision:
     holds: list[HoldSpec] = field(default_factory=list)
     tokens_in: int = 0
     max_tokens_out: int = 0
+    # Budget fitting shrank max_tokens_out to this to fit the remaining quota (None: it did not);
+    # the ledger row keeps it (UsageLog.max_tokens_fitted).
+    max_tokens_fitted: int | None = None
     api_calls: int = 1
     steps: int = 1
     warnings: list[str] = field(default_factory=list)
@@ -429,32 +432,83 @@ def policy_evaluate(
     if max_calls is not None:
         decision.api_calls = min(decision.api_calls, max_calls.value)
 
-    worst_cost = max(
-        (m.cost_micro_usd(tokens_in=tokens_in, tokens_out=decision.max_tokens_out) for m in candidates), default=0
-    )
+    holds = [
+        HoldSpec(
+            key=key.name, metric=key.metric, window=key.window, period_start=period_start(key.window, now),
+            user_id=context.user_id if key.subject == Subject.USER else None,
+            task_id=task.id if task_specific else None, limit=int(limit.value), amount=0, source=limit.source,
+        )
+        for key in METERED_KEYS for task_specific in (False, True)
+        if (limit := resolved.metered.get((key.name, task_specific))) is not None
+    ]
+    held_out = decision.max_tokens_out
+    if policy_setting(decision, "fit_max_tokens_to_budget") and not usage_unavailable:
+        held_out = _budget_fit(decision, holds, context=context, now=now, mode=mode)
+
+    worst_cost = max((m.cost_micro_usd(tokens_in=tokens_in, tokens_out=held_out) for m in candidates), default=0)
     amounts = {
-        Metric.TOKENS: decision.steps * (tokens_in + decision.max_tokens_out),
+        Metric.TOKENS: decision.steps * (tokens_in + held_out),
         Metric.COST: decision.steps * worst_cost,
         Metric.API_CALLS: decision.api_calls,
         Metric.REQUESTS: 1,
         Metric.CONCURRENT: 1,
     }
-    for key in METERED_KEYS:
-        for task_specific in (False, True):
-            limit = resolved.metered.get((key.name, task_specific))
-            if limit is None:
-                continue
-            amount = amounts[key.metric]
-            decision.holds.append(
-                HoldSpec(
-                    key=key.name, metric=key.metric, window=key.window, period_start=period_start(key.window, now),
-                    user_id=context.user_id if key.subject == Subject.USER else None,
-                    task_id=task.id if task_specific else None, limit=int(limit.value), amount=amount,
-                    source=limit.source,
-                )
-            )
-            decision.limits[f"{key.name}{':' + task.code if task_specific else ''}"] = limit
+    decision.holds = [replace(h, amount=amounts[h.metric]) for h in holds]
+    for hold in holds:
+        decision.limits[f"{hold.key}{':' + task.code if hold.task_id else ''}"] = resolved.metered[
+            (hold.key, hold.task_id is not None)]
     return decision
+
+
+def policy_setting(decision: EnforcementDecision, name: str) -> Any:
+    """A per-request key's effective value: the rule's, else the registry's default."""
+    limit = decision.limits.get(name)
+    return limit.value if limit is not None else POLICY_KEYS[name].default
+
+
+def _out_within(model: ModelInfo, *, tokens_in: int, budget_micro_usd: int) -> int:
+    """The most output tokens one step may have on this model within a budget (-1: not even the input)."""
+    # cost_micro_usd rounds up: ceil(n / 10**6) <= budget exactly when n <= budget * 10**6.
+    room = budget_micro_usd * 1_000_000 - tokens_in * (model.input_price or 0)
+    if room < 0:
+        return -1
+    return room // model.output_price if model.output_price else 2**62
+
+
+def _budget_fit(decision: EnforcementDecision, holds: list[HoldSpec], *, context: TenantContext, now: datetime,
+                mode: str) -> int:
+    """Budget fitting (`fit_max_tokens_to_budget`): the max_tokens_out the holds are computed from.
+
+    When the worst case would cross the tightest remaining token or cost quota (or token rate) but
+    at least `fit_min_max_tokens` fits, the call gets what fits instead of a refusal. The usage read
+    here may be POLICY_USAGE_CACHE_SECONDS old: admission stays the exact check and refuses a
+    fitted call that a concurrent one outran. SHADOW and SOFT never change the call (its answer is
+    not shortened; SOFT says what HARD would do), but hold what HARD would, so what they record as
+    refused is what HARD refuses."""
+    bounded = [h for h in holds if h.metric in (Metric.TOKENS, Metric.COST)]
+    if not bounded:
+        return decision.max_tokens_out
+    usage = usage_snapshot(tenant_id=context.tenant_id, user_id=context.user_id, now=now)
+    fits, tightest = decision.max_tokens_out, ""
+    for hold in bounded:
+        left = hold.limit - usage.get((hold.user_id, hold.task_id, hold.metric, hold.window, hold.period_start), 0)
+        per_step = left // decision.steps
+        if hold.metric == Metric.TOKENS:
+            room = per_step - decision.tokens_in
+        else:  # the hold is the most expensive candidate's cost: every candidate must fit
+            room = min((_out_within(m, tokens_in=decision.tokens_in, budget_micro_usd=per_step)
+                        for m in decision.candidates), default=fits)
+        if room < fits:
+            fits, tightest = room, hold.key
+    if not tightest or fits < max(1, int(policy_setting(decision, "fit_min_max_tokens"))):
+        return decision.max_tokens_out  # it fits as asked, or not even the minimum does: admission refuses
+    shrunk = f"max_tokens shrunk from {decision.max_tokens_out} to {fits} to fit the remaining quota ({tightest})"
+    if mode == "HARD":
+        decision.warnings.append(shrunk)
+        decision.max_tokens_out = decision.max_tokens_fitted = fits
+    elif mode == "SOFT":  # SOFT warns in headers; SHADOW records silently
+        decision.warnings.append(f"in HARD mode, {shrunk}; SOFT leaves max_tokens as asked")
+    return fits
 
 
 def effective_limits(*, context: TenantContext, task_code: str, now: datetime) -> list[Limit]:

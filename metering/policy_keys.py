@@ -32,6 +32,7 @@ class ValueType(StrEnum):
     INT = "int"
     USD = "usd"  # written in dollars ("25" or "12.50"), enforced as integer micro-USD
     MODEL_CLASSES = "model_classes"
+    BOOL = "bool"  # a switch: true/false (also on/off, yes/no, 1/0)
 
 
 class Subject(StrEnum):
@@ -54,6 +55,8 @@ class PolicyKey:
     description: str
     metric: Metric | None = None
     window: Window | None = None
+    # What applies when no rule sets the key (None: the key does nothing without a rule).
+    default: Any = None
 
     @property
     def is_metered(self) -> bool:
@@ -97,6 +100,13 @@ _KEYS = [
          Metric.REQUESTS, Window.MINUTE),
     _key("tenant_tpm", KeyKind.RATE, ValueType.INT, "tokens/min", _T, "Tenant tokens per minute.",
          Metric.TOKENS, Window.MINUTE),
+    _key("fit_max_tokens_to_budget", KeyKind.PER_REQUEST, ValueType.BOOL, "on/off", _R,
+         "Budget fitting: when the tightest remaining token or cost quota cannot take the worst case, shrink "
+         "max_tokens to what it can take (not below fit_min_max_tokens) instead of refusing. Default: on.",
+         default=True),
+    _key("fit_min_max_tokens", KeyKind.PER_REQUEST, ValueType.INT, "tokens", _R,
+         "Budget fitting never shrinks max_tokens below this; a call that cannot have this many is refused. "
+         "Default: 256.", default=256),
     _key("allowed_model_classes", KeyKind.ACCESS, ValueType.MODEL_CLASSES, "model classes", _R,
          "Narrows the plan's model classes (e.g. only the cheaper ones once a quota is nearly used)."),
 ]
@@ -127,6 +137,10 @@ def usd_to_micro(value: Any) -> int:
     return int(micro)
 
 
+_BOOL_WORDS = {"true": True, "on": True, "yes": True, "1": True, "false": False, "off": False, "no": False,
+               "0": False}
+
+
 def validate_value(name: str, value: Any) -> Any:
     """Return the canonical JSON value for the key, or raise PolicyValueError with a helpful message."""
     key = get_key(name)
@@ -146,6 +160,12 @@ def validate_value(name: str, value: Any) -> Any:
             raise PolicyValueError(f"'{name}' cannot be negative.")
         # Stored as a string: a JSON float would round.
         return str(Decimal(micro) / 1_000_000)
+    if key.value_type == ValueType.BOOL:
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.strip().lower()]
+        if isinstance(value, int) and value in (0, 1):  # True and False are ints too
+            return bool(value)
+        raise PolicyValueError(f"'{name}' is a switch: true or false (also on/off, yes/no, 1/0), not {value!r}.")
     if key.value_type == ValueType.MODEL_CLASSES:
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]

@@ -13,21 +13,22 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from gateway_project.errors import Conflict, TooManyRequests
 from metering import meter_sql
-from metering.models import UsageHold, UsageLog, UsageMeter, UsageReservation
+from metering.models import Metric, QuotaAlert, UsageHold, UsageLog, UsageMeter, UsageReservation, Window
 from metering.periods import seconds_until_reset
-from metering.policy import EnforcementDecision, HoldSpec
+from metering.policy import EnforcementDecision, HoldSpec, policy_setting
 from metering.policy_keys import POLICY_KEYS, KeyKind
 from metering.rules import REFUSAL_BY_KIND, REFUSAL_ORDER, CallOutcome
 from metering.services import thresholds
-from metering.services.backends import ReservationLost, alert_day, holds_backend
+from metering.services.backends import AdmitResult, ReservationLost, alert_day, holds_backend
 from metering.services.ledger import _log_line
 
 logger = logging.getLogger("gateway.metering")
@@ -82,27 +83,91 @@ def meters_ensure(*, tenant_id: int, holds: list[HoldSpec], now: datetime | None
     return found
 
 
+_PERIOD_WORDS = {Window.MINUTE: " this minute", Window.DAY: " today (UTC)", Window.MONTH: " this month (UTC)"}
+
+
+def _amount(hold: HoldSpec, value: int) -> str:
+    if hold.metric == Metric.COST:
+        return f"${Decimal(value) / 1_000_000:f}"  # the meter counts micro-USD; people read dollars
+    return f"{value} {POLICY_KEYS[hold.key].unit.split('/')[0]}"
+
+
+def _refusal_message(hold: HoldSpec, usage: tuple[int, int] | None, decision: EnforcementDecision) -> str:
+    """What the caller needs to act on: what is used, what is left, and what this call would need."""
+    scope = "this task" if hold.task_id else "all tasks"
+    kind = POLICY_KEYS[hold.key].kind
+    if kind == KeyKind.CONCURRENCY:
+        in_flight = f"{usage[1]} of {hold.limit}" if usage else f"all {hold.limit}"
+        return f"{hold.key} reached for {scope} ({hold.source}): {in_flight} calls in flight; retry when one ends."
+    needs = f"this request needs {_amount(hold, hold.amount)}"
+    if usage is None:
+        return f"{hold.key} would be exceeded for {scope} ({hold.source}): the limit is {_amount(hold, hold.limit)}; " \
+               f"{needs}."
+    used, reserved = usage
+    left = max(0, hold.limit - used - reserved)
+    message = (f"{hold.key} would be exceeded for {scope} ({hold.source}): {_amount(hold, used)} used of "
+               f"{_amount(hold, hold.limit)}{_PERIOD_WORDS.get(hold.window, '')}, {_amount(hold, reserved)} held by "
+               f"calls in progress, {_amount(hold, left)} left; {needs}")
+    if hold.metric == Metric.TOKENS and hold.amount > 1:
+        steps = f"{decision.steps} steps of " if decision.steps > 1 else ""
+        out = hold.amount // decision.steps - decision.tokens_in  # what the hold was computed from
+        message += f" ({steps}{decision.tokens_in} in + up to {out} out)"
+    elif hold.metric == Metric.COST:
+        message += " (its worst case on the most expensive candidate model)"
+    message += "."
+    if decision.max_tokens_fitted is not None:
+        # Fitting read usage a moment old; calls that settled or started since took the rest.
+        message += f" max_tokens was already shrunk to {decision.max_tokens_fitted} to fit; other calls took the rest."
+    elif hold.metric == Metric.TOKENS and decision.steps == 1 and (room := left - decision.tokens_in) > 0:
+        fitting = ("budget fitting goes no lower than fit_min_max_tokens" if policy_setting(
+            decision, "fit_max_tokens_to_budget") else "budget fitting is off (fit_max_tokens_to_budget)")
+        message += f" It would fit with max_tokens {room} or less ({fitting})."
+    return message
+
+
 def _refusal(holds: list[HoldSpec], failed: list[int], failed_usage: dict[int, tuple[int, int]],
-             now: datetime) -> tuple[str, str, int, HoldSpec]:
-    """(code, message, Retry-After, hold) for the first crossed limit, by kind."""
-    by_kind = {POLICY_KEYS[holds[i].key].kind: i for i in failed}
+             decision: EnforcementDecision, now: datetime) -> tuple[str, str, int, HoldSpec]:
+    """(code, message, Retry-After, hold) for the crossed limit that matters most: quotas before
+    concurrency before rates; of one kind, the one with the least left."""
+    def left(index: int) -> int:
+        used, reserved = failed_usage.get(index, (0, 0))
+        return holds[index].limit - used - reserved
+
     for kind in REFUSAL_ORDER:
-        index = by_kind.get(kind)
-        if index is None:
+        of_kind = [i for i in failed if POLICY_KEYS[holds[i].key].kind == kind]
+        if not of_kind:
             continue
+        index = min(of_kind, key=left)
         hold = holds[index]
-        scope = "this task" if hold.task_id else "all tasks"
-        used, reserved = failed_usage.get(index, (None, None))
-        if used is None:
-            state = f"limit {hold.limit}"
-        else:
-            left = max(0, hold.limit - used - reserved)
-            state = f"limit {hold.limit}, used {used}, held by calls in progress {reserved}, left {left}"
-        message = (f"{hold.key} would be exceeded for {scope} ({hold.source}): {state}; "
-                   f"this request needs {hold.amount}.")
+        message = _refusal_message(hold, failed_usage.get(index), decision)
         retry = 1 if kind == KeyKind.CONCURRENCY else seconds_until_reset(hold.window, now)
         return REFUSAL_BY_KIND[kind], message, retry, hold
     raise AssertionError("no failed hold")  # pragma: no cover
+
+
+def _refusal_alerts(*, tenant_id: int, holds: list[HoldSpec], result: AdmitResult) -> None:
+    """A quota's first refusal (SHADOW and SOFT: the first HARD would have made) raises its
+    QUOTA_EXCEEDED alert, once per meter and period. Worst-case holds refuse before `used` reaches
+    the limit, so the 100 % crossing at settlement alone would often never come. Own short
+    transaction: in HARD mode the admission wrote nothing. Rates and concurrency raise none here."""
+    quota = {result.failed_meters[i]: i for i in result.failed
+             if i in result.failed_meters and POLICY_KEYS[holds[i].key].kind == KeyKind.QUOTA}
+    if not quota:
+        return
+    try:
+        raised = set(QuotaAlert.objects.filter(meter_id__in=quota, kind=QuotaAlert.Kind.QUOTA_EXCEEDED)
+                     .values_list("meter_id", flat=True))  # a read, not a failing insert, on every later refusal
+        for meter_id, index in quota.items():
+            if meter_id in raised:
+                continue
+            hold = holds[index]
+            used, reserved = result.failed_usage.get(index, (0, 0))
+            thresholds.alert_create(tenant_id=tenant_id, meter_id=meter_id, kind=QuotaAlert.Kind.QUOTA_EXCEEDED,
+                                    period=hold.period_start, key=hold.key, limit=hold.limit,
+                                    observed=used + reserved)
+    except DatabaseError:
+        # The refusal stands whatever happens to its alert.
+        logger.exception("could not record the QUOTA_EXCEEDED alert of a refusal (tenant %s)", tenant_id)
 
 
 def usage_admit(
@@ -131,7 +196,8 @@ def usage_admit(
     admission = Admission(reservation_id=reservation.pk, request_id=request_id, admitted_at=now,
                           enforcement_mode=mode)
     if result.failed:
-        code, message, retry_after, _hold = _refusal(holds, result.failed, result.failed_usage, now)
+        _refusal_alerts(tenant_id=tenant_id, holds=holds, result=result)
+        code, message, retry_after, _hold = _refusal(holds, result.failed, result.failed_usage, decision, now)
         if result.status == "refused":
             raise TooManyRequests(message, code=code, retry_after=retry_after)
         admission.would_refuse_code, admission.would_refuse_message = code, message

@@ -305,8 +305,8 @@ def test_usage_conditions_read_a_snapshot_at_most_policy_usage_cache_seconds_old
 def test_throttle_uses_the_task_specific_quota_too(tenant_admin):
     user, tenant = tenant_admin.user, tenant_admin.tenant
     draft = task("LLM2_DRAFT")
-    rule(scope="TENANT", tenant=tenant, task=draft, key="tenant_tokens_per_month", value=10_000)
-    meter(tenant, Metric.TOKENS, Window.MONTH, 9_500, task_obj=draft)  # 95 % of the task's quota
+    rule(scope="TENANT", tenant=tenant, task=draft, key="tenant_tokens_per_month", value=100_000)
+    meter(tenant, Metric.TOKENS, Window.MONTH, 95_000, task_obj=draft)  # 95 % of the task's quota
     assert evaluate(user, "LLM2_DRAFT").max_tokens_out == 1_024
     # The other task only has the all-tasks quota, which is nearly unused.
     assert evaluate(user, "LLM1_PRIOR_ART").max_tokens_out == PRO_MAX_OUT

@@ -60,7 +60,8 @@ def test_metered_keys_exist_and_name_what_they_count(name):
 
 
 def test_the_registry_is_closed():
-    assert set(POLICY_KEYS) == set(PER_REQUEST) | set(METERED) | {"allowed_model_classes"}
+    assert set(POLICY_KEYS) == set(PER_REQUEST) | set(METERED) | {"allowed_model_classes", "fit_max_tokens_to_budget",
+                                                                   "fit_min_max_tokens"}
     assert POLICY_KEYS["allowed_model_classes"].value_type == ValueType.MODEL_CLASSES
     assert POLICY_KEYS["tenant_cost_per_month_usd"].value_type == ValueType.USD
 
