@@ -6,6 +6,7 @@ default, tests) still runs it inline."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import Any
 
@@ -14,10 +15,14 @@ from django.db import transaction
 logger = logging.getLogger("gateway.metering")
 
 
-def task_enqueue(name: str, *args: Any) -> None:
+def task_enqueue(name: str, *args: Any) -> Any:
     from gateway_project.celery import app
 
-    app.signature(name, args=args).delay()
+    if name not in app.tasks:
+        # A web process never imports the task modules (only a worker's start-up does): without
+        # this, eager mode would hand the task to a broker that does not exist instead of running it.
+        importlib.import_module(name.rsplit(".", 1)[0])
+    return app.signature(name, args=args).delay()
 
 
 def task_enqueue_on_commit(name: str, *args: Any) -> None:
