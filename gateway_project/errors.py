@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
-from django.http import Http404, JsonResponse
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.http import Http404, JsonResponse, UnreadablePostError
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
@@ -131,7 +131,20 @@ def _drf_message(exc: drf_exceptions.APIException) -> tuple[str, dict[str, Any] 
     return str(detail), None
 
 
+def _client_fault(exc: Exception) -> GatewayError | None:
+    """Django's own request-parsing refusals (which Django would answer with a 400), as our errors."""
+    if isinstance(exc, RequestDataTooBig):
+        return PayloadTooLarge("The request body is too large.", code="request_too_large")
+    if isinstance(exc, SuspiciousOperation):  # e.g. more form fields or files than DATA_UPLOAD_MAX_* allow
+        logger.warning("Suspicious request refused: %s", exc.__class__.__name__)
+        return BadRequest("The request could not be processed.", code="bad_request")
+    if isinstance(exc, UnreadablePostError):
+        return BadRequest("The request body could not be read.", code="bad_request")
+    return None
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    exc = _client_fault(exc) or exc
     if isinstance(exc, GatewayError):
         return Response(exc.payload(), status=exc.status_code, headers=exc.headers())
     if isinstance(exc, Http404):

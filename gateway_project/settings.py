@@ -230,6 +230,9 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.authentication.TenantJWTAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["tenants.permissions.IsTenantUser"],
     "EXCEPTION_HANDLER": "gateway_project.errors.exception_handler",
+    # A strict JSON parser: deep nesting, lone surrogates, NULs and 1e400 are 400s, not 500s further in.
+    "DEFAULT_PARSER_CLASSES": ["gateway_project.parsers.JSONParser", "gateway_project.parsers.FormParser",
+                               "rest_framework.parsers.MultiPartParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,

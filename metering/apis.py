@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
-
 from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from gateway_project.pagination import PageNumberPagination
 from metering import selectors
 from metering.models import UsageLog
 
@@ -24,30 +24,32 @@ class QuotaApi(APIView):
         return Response({"meters": selectors.quota_for_caller(context=request.auth, now=timezone.now())})
 
 
+class UsageFilterSerializer(serializers.Serializer):
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # `from` is a Python keyword: declared here rather than as a class attribute.
+        return {
+            "from": serializers.DateField(required=False, help_text="First day (UTC), inclusive; default: 'to' - 30."),
+            "to": serializers.DateField(required=False, help_text="Last day (UTC), inclusive; default today."),
+            "group_by": serializers.ChoiceField(choices=list(selectors.GROUPS), default="task"),
+        }
+
+    def validate(self, attrs: dict) -> dict:
+        try:
+            attrs["from"], attrs["to"] = selectors.usage_range(start=attrs.get("from"), end=attrs.get("to"),
+                                                               today=timezone.now().date())
+        except selectors.UsageRangeError as error:
+            raise serializers.ValidationError({error.field: [str(error)]}) from None
+        return attrs
+
+
 class UsageApi(APIView):
-    class FilterSerializer(serializers.Serializer):
-        # `from` is a Python keyword, so the serializer maps it by source.
-        from_ = serializers.DateField(required=False)
-        to = serializers.DateField(required=False)
-        group_by = serializers.ChoiceField(choices=list(selectors.GROUPS), default="task")
-
-        def validate(self, attrs):
-            if attrs.get("from_") and attrs.get("to") and attrs["from_"] > attrs["to"]:
-                raise serializers.ValidationError("'from' must not be after 'to'.")
-            return attrs
-
+    @extend_schema(parameters=[UsageFilterSerializer])
     def get(self, request: Request) -> Response:
-        params = {k: v for k, v in request.query_params.items()}
-        if "from" in params:
-            params["from_"] = params.pop("from")
-        data = self.FilterSerializer(data=params)
+        data = UsageFilterSerializer(data=request.query_params.dict())
         data.is_valid(raise_exception=True)
-        today = timezone.now().date()
-        end: date = data.validated_data.get("to") or today
-        start: date = data.validated_data.get("from_") or end - timedelta(days=30)
-        rows = selectors.usage_aggregate(context=request.auth, start=start, end=end,
-                                         group_by=data.validated_data["group_by"])
-        return Response({"from": start, "to": end, "group_by": data.validated_data["group_by"], "results": rows})
+        start, end, group_by = data.validated_data["from"], data.validated_data["to"], data.validated_data["group_by"]
+        rows = selectors.usage_aggregate(context=request.auth, start=start, end=end, group_by=group_by)
+        return Response({"from": start, "to": end, "group_by": group_by, "results": rows})
 
 
 class UsageLogSerializer(serializers.ModelSerializer):
@@ -68,9 +70,8 @@ class UsageLogSerializer(serializers.ModelSerializer):
 
 
 class UsageLogsApi(APIView):
+    @extend_schema(parameters=[OpenApiParameter("page", int, description="Page number, from 1.")])
     def get(self, request: Request) -> Response:
-        from rest_framework.pagination import PageNumberPagination
-
         paginator = PageNumberPagination()
         page = paginator.paginate_queryset(selectors.usage_logs_page(context=request.auth), request, view=self)
         return paginator.get_paginated_response(UsageLogSerializer(page, many=True).data)

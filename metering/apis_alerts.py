@@ -13,19 +13,20 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from gateway_project.errors import NotFound
+from gateway_project.pagination import PageNumberPagination
 from metering.alerts import selectors, services
 from metering.models import AlertChannel, AlertDelivery, Notification
 from tenants.permissions import IsTenantAdmin
 
 TRUE_VALUES = {"1", "true", "yes", "on"}
+PAGE = OpenApiParameter("page", int, description="Page number, from 1.")
 
 
 class NotificationSerializer(serializers.ModelSerializer):
@@ -41,6 +42,7 @@ class NotificationSerializer(serializers.ModelSerializer):
 
 
 class NotificationListApi(APIView):
+    @extend_schema(parameters=[OpenApiParameter("unread", bool, description="Only unread notifications."), PAGE])
     def get(self, request: Request) -> Response:
         unread = request.query_params.get("unread", "").lower() in TRUE_VALUES
         rows = selectors.notifications_for_user(user_id=request.auth.user_id, tenant_id=request.auth.tenant_id,
@@ -162,6 +164,7 @@ class AlertDeliverySerializer(serializers.ModelSerializer):
 class AlertChannelDeliveriesApi(APIView):
     permission_classes = [IsTenantAdmin]
 
+    @extend_schema(parameters=[PAGE])
     def get(self, request: Request, channel_id: int) -> Response:
         channel = _channel(request, channel_id)
         paginator = PageNumberPagination()

@@ -124,6 +124,11 @@ def get_key(name: str) -> PolicyKey:
         ) from None
 
 
+# Meters add limits, holds and usage in BIGINT columns: a limit past this (tokens, calls or
+# micro-USD) could overflow them, and no real limit comes near it.
+MAX_VALUE = 10**15
+
+
 def usd_to_micro(value: Any) -> int:
     try:
         amount = Decimal(str(value))
@@ -131,6 +136,8 @@ def usd_to_micro(value: Any) -> int:
         raise PolicyValueError(f"'{value}' is not an amount of USD.") from None
     if not amount.is_finite():  # NaN and Infinity parse as Decimals but are no amount
         raise PolicyValueError(f"'{value}' is not an amount of USD.")
+    if amount.adjusted() > 15:  # e.g. "1e999999": its micro-USD would overflow the decimal context
+        raise PolicyValueError(f"'{value}' is too large an amount of USD.")
     micro = amount * 1_000_000
     if micro != micro.to_integral_value():
         raise PolicyValueError(f"'{value}' has more than 6 decimal places.")
@@ -145,12 +152,14 @@ def validate_value(name: str, value: Any) -> Any:
     """Return the canonical JSON value for the key, or raise PolicyValueError with a helpful message."""
     key = get_key(name)
     if key.value_type == ValueType.INT:
-        if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,30}", value.strip()):
             value = int(value.strip())
         if isinstance(value, bool) or not isinstance(value, int):
             raise PolicyValueError(f"'{name}' takes a whole number of {key.unit}, not {value!r}.")
         if value < 0:
             raise PolicyValueError(f"'{name}' cannot be negative.")
+        if value > MAX_VALUE:
+            raise PolicyValueError(f"'{name}' is at most {MAX_VALUE:,} {key.unit}.")
         return value
     if key.value_type == ValueType.USD:
         if isinstance(value, bool) or not isinstance(value, (int, str, float)):
@@ -158,6 +167,8 @@ def validate_value(name: str, value: Any) -> Any:
         micro = usd_to_micro(value)
         if micro < 0:
             raise PolicyValueError(f"'{name}' cannot be negative.")
+        if micro > MAX_VALUE:
+            raise PolicyValueError(f"'{name}' is at most {MAX_VALUE // 1_000_000:,} USD.")
         # Stored as a string: a JSON float would round.
         return str(Decimal(micro) / 1_000_000)
     if key.value_type == ValueType.BOOL:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet, Sum
-from django.db.models.functions import TruncDate
+from django.db.models import Q, QuerySet, Sum
 
 from catalog.selectors import tasks_all
-from metering.models import UsageLog, UsageMeter
+from metering.models import UsageDaily, UsageLog, UsageMeter
 from metering.periods import period_end, period_start
 from metering.policy import Limit, effective_limits
 from metering.policy_keys import POLICY_KEYS, ValueType
@@ -65,11 +64,36 @@ def quota_for_caller(*, context: TenantContext, now: datetime) -> list[dict[str,
 
 GROUPS = {"task": "task__code", "user": "user__username", "day": "day", "model": "model_name"}
 
+# Usage reports read the per-day rollup, one row per subject and day: a range is a number of days to sum.
+USAGE_EARLIEST = date(2000, 1, 1)
+USAGE_MAX_DAYS = 366
+USAGE_DEFAULT_DAYS = 30
 
-def _day_bounds(start: date, end: date) -> tuple[datetime, datetime]:
-    from datetime import UTC
 
-    return datetime.combine(start, time.min, UTC), datetime.combine(end + timedelta(days=1), time.min, UTC)
+class UsageRangeError(ValueError):
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field  # the query parameter to blame: "from", "to" or "non_field_errors"
+
+
+def usage_range(*, start: date | None, end: date | None, today: date) -> tuple[date, date]:
+    """The report's inclusive day range: `end` defaults to today, `start` to 30 days before `end`.
+
+    Raises UsageRangeError for a day before USAGE_EARLIEST or more than a year after today, a start
+    after the end, or a range longer than USAGE_MAX_DAYS.
+    """
+    latest = today + timedelta(days=USAGE_MAX_DAYS)
+    for name, day in (("from", start), ("to", end)):
+        if day is not None and not USAGE_EARLIEST <= day <= latest:
+            raise UsageRangeError(f"Dates lie between {USAGE_EARLIEST} and {latest}.", field=name)
+    end = end or today
+    start = start or max(USAGE_EARLIEST, end - timedelta(days=USAGE_DEFAULT_DAYS))
+    if start > end:
+        raise UsageRangeError("'from' must not be after 'to'.", field="non_field_errors")
+    if (end - start).days + 1 > USAGE_MAX_DAYS:
+        raise UsageRangeError(f"A usage report covers at most {USAGE_MAX_DAYS} days: narrow 'from' and 'to'.",
+                              field="non_field_errors")
+    return start, end
 
 
 def usage_logs_visible(*, context: TenantContext) -> QuerySet[UsageLog]:
@@ -81,25 +105,23 @@ def usage_logs_visible(*, context: TenantContext) -> QuerySet[UsageLog]:
 
 
 def usage_aggregate(*, context: TenantContext, start: date, end: date, group_by: str) -> list[dict[str, Any]]:
-    low, high = _day_bounds(start, end)
-    rows = usage_logs_visible(context=context).filter(admitted_at__gte=low, admitted_at__lt=high)
-    if group_by == "day":
-        rows = rows.annotate(day=TruncDate("admitted_at"))
+    """Sums over the per-day rollup (never a ledger scan); tenant admins see their tenant, members themselves."""
+    rows = UsageDaily.objects.filter(tenant_id=context.tenant_id, day__gte=start, day__lte=end)
+    if not context.is_tenant_admin:
+        rows = rows.filter(user_id=context.user_id)
     field = GROUPS[group_by]
     result = (
         rows.values(field)
         .annotate(
             tokens_in=Sum("tokens_in"), tokens_out=Sum("tokens_out"), api_calls=Sum("api_calls"),
-            cost_micro_usd=Sum("cost_micro_usd"),
-            requests=Count("id", filter=~Q(status=UsageLog.Status.REFUSED)),
-            refused=Count("id", filter=Q(status=UsageLog.Status.REFUSED)),
+            cost_micro_usd=Sum("cost_micro_usd"), requests=Sum("requests"), refused=Sum("refused"),
         )
         .order_by(field)
     )
     return [
         {group_by: r[field], "tokens_in": r["tokens_in"] or 0, "tokens_out": r["tokens_out"] or 0,
          "total_tokens": (r["tokens_in"] or 0) + (r["tokens_out"] or 0), "api_calls": r["api_calls"] or 0,
-         "cost_micro_usd": r["cost_micro_usd"] or 0, "requests": r["requests"], "refused": r["refused"]}
+         "cost_micro_usd": r["cost_micro_usd"] or 0, "requests": r["requests"] or 0, "refused": r["refused"] or 0}
         for r in result
     ]
 

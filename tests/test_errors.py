@@ -6,7 +6,9 @@ tests marked `@pytest.mark.urls(__name__)`; the 404/500 handlers are the project
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.test import Client
@@ -14,8 +16,9 @@ from django.urls import path
 from rest_framework.test import APIClient
 
 from gateway_project import urls as project_urls
+from metering.models import UsageMeter, UsageReservation
 from tenants import apis
-from tests.conftest import assert_error
+from tests.conftest import PASSWORD, assert_error
 
 SECRET_DETAIL = "postgres://gateway:hunter2@db.internal/prod"
 
@@ -100,6 +103,174 @@ def test_service_errors_use_the_shape_too(catalog):
     )
     body = assert_error(response, 400, "ati_token_unknown")
     assert body["error"]["type"] == "invalid_request_error"
+
+
+# --- client input never reaches a 500 (issue 16) ----------------------------------------------------
+# Each case was a 500 before; the property-based tests (tests/test_fuzz_api.py, tests/test_fuzz_v1.py)
+# look for more of them.
+
+
+def post_raw(client, url: str, raw: bytes | str, content_type: str = "application/json"):
+    return client.generic("POST", url, data=raw.encode() if isinstance(raw, str) else raw, content_type=content_type)
+
+
+def deep(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+@pytest.mark.parametrize("params", [{"to": "0001-01-01"}, {"from": "0001-01-01", "to": "9999-12-31"},
+                                    {"from": "9999-12-01", "to": "9999-12-31"}, {"from": "1999-12-31"}])
+def test_usage_dates_out_of_range_are_400(tenant_admin, params):
+    body = assert_error(tenant_admin.client.get("/api/usage/", params), 400, "validation_error")
+    assert set(body["error"]["details"]["fields"]) & {"from", "to"}, body
+
+
+def test_usage_ranges_are_capped_at_366_days(tenant_admin):
+    today = datetime.now(UTC).date()
+    year = {"from": (today - timedelta(days=365)).isoformat(), "to": today.isoformat()}
+    response = tenant_admin.client.get("/api/usage/", year)
+    assert response.status_code == 200, response.content
+    assert (response.json()["from"], response.json()["to"]) == (year["from"], year["to"])
+
+    longer = {**year, "from": (today - timedelta(days=366)).isoformat()}
+    body = assert_error(tenant_admin.client.get("/api/usage/", longer), 400, "validation_error")
+    assert "366 days" in body["error"]["details"]["fields"]["non_field_errors"][0]
+    # Only 'from', with 'to' defaulting to today: the same cap.
+    assert_error(tenant_admin.client.get("/api/usage/", {"from": "2001-01-01"}), 400, "validation_error")
+
+
+def test_usage_from_just_after_the_earliest_day_defaults_without_underflow(tenant_admin):
+    response = tenant_admin.client.get("/api/usage/", {"to": "2000-01-10"})
+    assert response.status_code == 200, response.content
+    assert (response.json()["from"], response.json()["to"]) == ("2000-01-01", "2000-01-10")
+
+
+@pytest.mark.parametrize("page", ["abc", "0", "-1", "1.5", "9" * 5000, "²"])
+def test_a_malformed_page_number_is_400_and_a_page_past_the_end_404(tenant_admin, page):
+    for url in ("/api/usage/logs/", "/api/notifications/"):
+        body = assert_error(tenant_admin.client.get(url, {"page": page}), 400, "validation_error")
+        assert set(body["error"]["details"]["fields"]) == {"page"}
+        assert_error(tenant_admin.client.get(url, {"page": "7"}), 404, "not_found")
+        assert tenant_admin.client.get(url, {"page": "last"}).status_code == 200
+
+
+@pytest.mark.parametrize("url", ["/api/auth/token/", "/api/tenant/users/", "/api/alert-channels/",
+                                 "/api/quota-requests/"])
+def test_json_nested_4000_levels_is_400(tenant_admin, url):
+    assert_error(post_raw(tenant_admin.client, url, deep(4000)), 400, "json_too_deep")
+    assert_error(post_raw(tenant_admin.client, url, f'{{"username": {deep(4000)}}}'), 400, "json_too_deep")
+    # Shallower than Python's recursion limit, but deeper than any body of this API.
+    assert_error(post_raw(tenant_admin.client, url, deep(65)), 400, "json_too_deep")
+
+
+@pytest.mark.parametrize("body", [
+    {"username": "x", "email": "x@example.com", "password": PASSWORD, "role": "\ud800"},
+    {"username": "\udfff", "email": "x@example.com", "password": PASSWORD},
+    {"username": "x", "email": "x@example.com", "password": PASSWORD, "\ud800": 1},
+    {"username": "nul\x00", "email": "x@example.com", "password": PASSWORD},
+])
+def test_lone_surrogates_and_nuls_in_json_are_400(tenant_admin, body):
+    response = post_raw(tenant_admin.client, "/api/tenant/users/", json.dumps(body))  # ensure_ascii: "\\ud800"
+    assert_error(response, 400, "invalid_string")
+
+
+def test_a_surrogate_in_a_login_is_400_not_a_broken_throttle_key(catalog):
+    assert_error(post_raw(APIClient(), "/api/auth/token/", '{"username": "\\ud800", "password": "x"}'), 400,
+                 "invalid_string")
+
+
+@pytest.mark.parametrize("raw", ['{"wanted_value": 1e400}', '{"wanted_value": NaN}', '{"wanted_value": -Infinity}',
+                                 "9" * 5000, b'{"key": "\xff"}'])
+def test_numbers_json_cannot_hold_and_bytes_that_are_not_utf8_are_400(tenant_admin, raw):
+    assert_error(post_raw(tenant_admin.client, "/api/quota-requests/", raw), 400, "parse_error")
+
+
+def test_an_unknown_charset_is_400(tenant_admin):
+    response = post_raw(tenant_admin.client, "/api/quota-requests/", "{}", "application/json; charset=no-such")
+    assert response.status_code == 400 and set(response.json()) == {"error"}, response.content
+
+
+@pytest.mark.parametrize("value", ["1e999999", "99999999999999999999", 10**30, "1" * 5000])
+def test_quota_requests_for_absurd_values_are_400(tenant_admin, value):
+    for key in ("tenant_cost_per_month_usd", "tenant_tokens_per_month"):
+        response = post_raw(tenant_admin.client, "/api/quota-requests/", json.dumps({"key": key,
+                                                                                     "wanted_value": value}))
+        body = assert_error(response, 400, "invalid_policy")
+        assert body["error"]["message"]
+
+
+@pytest.mark.parametrize("target", ["http://[::1", "https://hooks.example.com:99999/x", "https://hooks.example.com:x/"])
+def test_an_alert_channel_target_that_is_no_url_is_400(tenant_admin, target):
+    body = {"kind": "WEBHOOK", "name": "ops", "target": target}
+    assert_error(tenant_admin.client.post("/api/alert-channels/", body, format="json"), 400, "invalid_target")
+
+
+def test_an_oversize_json_body_to_the_rest_api_is_413(tenant_admin, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    body = {"username": "x" * 2000, "email": "x@example.com", "password": PASSWORD}
+    response = tenant_admin.client.post("/api/tenant/users/", body, format="json")
+    assert_error(response, 413, "request_too_large")
+    form = tenant_admin.client.post("/api/tenant/users/", body)  # multipart: Django's own limit
+    assert_error(form, 413, "request_too_large")
+    urlencoded = post_raw(tenant_admin.client, "/api/tenant/users/", "username=" + "x" * 2000,
+                          "application/x-www-form-urlencoded")
+    assert_error(urlencoded, 413, "request_too_large")
+
+
+def test_too_many_form_fields_is_400(tenant_admin, settings):
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 10
+    raw = "&".join(f"f{i}=1" for i in range(20))
+    response = post_raw(tenant_admin.client, "/api/tenant/users/", raw, "application/x-www-form-urlencoded")
+    assert_error(response, 400, "bad_request")
+
+
+def assert_no_holds() -> None:
+    assert not UsageReservation.objects.filter(status=UsageReservation.Status.ACTIVE).exists()
+    assert not UsageMeter.objects.exclude(reserved=0).exists()
+
+
+def assert_a_400_in_the_error_shape(response) -> None:
+    assert response.status_code == 400, (response.status_code, response.content[:300])
+    body = response.json()
+    assert set(body) == {"error"} and all(body["error"].get(k) for k in ("code", "message", "type")), body
+
+
+V1 = "/v1/LLM2_DRAFT/chat/completions"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("stream", [False, True])
+def test_v1_json_nested_4000_levels_is_400(tenant_admin, stream):
+    stream_flag = "true" if stream else "false"
+    for raw in (deep(4000), '{"model": "auto", "stream": ' + stream_flag + ', "messages": [{"role": "user", '
+                '"content": ' + deep(4000) + "}]}"):
+        assert_a_400_in_the_error_shape(post_raw(tenant_admin.client, V1, raw))
+    assert_no_holds()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("stream", [False, True])
+def test_v1_stream_options_that_is_no_object_is_400(tenant_admin, stream):
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": stream,
+            "stream_options": "yes"}
+    assert_a_400_in_the_error_shape(tenant_admin.client.post(V1, body, format="json"))
+    assert_no_holds()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("stream", [False, True])
+def test_v1_a_lone_surrogate_in_a_message_is_400(tenant_admin, stream):
+    raw = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "hi \ud800"}], "stream": stream})
+    assert "\\ud800" in raw  # sent as the JSON escape, the way a client sends it
+    assert_a_400_in_the_error_shape(post_raw(tenant_admin.client, V1, raw))
+    assert_no_holds()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("url", ["/api/prior-art/", "/api/drafting/", "/api/diagrams/"])
+def test_task_endpoints_json_nested_4000_levels_is_400(tenant_admin, url):
+    assert_a_400_in_the_error_shape(post_raw(tenant_admin.client, url, deep(4000)))
+    assert_no_holds()
 
 
 # --- 401 / 403 -----------------------------------------------------------------------------------

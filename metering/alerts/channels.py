@@ -227,7 +227,11 @@ def target_validate(url: str, *, allow_private: bool | None = None) -> str:
     """An http(s) URL with a host; literal private addresses refused unless ALERT_ALLOW_PRIVATE_TARGETS."""
     allow_private = settings.ALERT_ALLOW_PRIVATE_TARGETS if allow_private is None else allow_private
     url = (url or "").strip()
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is no number or out of range
+    except ValueError:  # e.g. "http://[::1": an unclosed IPv6 literal
+        raise InvalidTarget("The target is not a valid URL.") from None
     if parts.scheme not in {"http", "https"}:
         raise InvalidTarget("The target must be an http:// or https:// URL.")
     if not parts.hostname:
