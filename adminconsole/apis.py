@@ -40,7 +40,7 @@ class QuotaRequestsApi(APIView):
         reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
     def get(self, request: Request) -> Response:
-        from rest_framework.pagination import PageNumberPagination
+        from gateway_project.pagination import PageNumberPagination
 
         context: TenantContext = request.auth
         rows = (QuotaRequest.objects.filter(tenant_id=context.tenant_id)

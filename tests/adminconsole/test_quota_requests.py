@@ -123,3 +123,10 @@ def test_staff_cannot_decide(staff_client, tenant_admin):
     assert staff_client.post(f"/console/quota-requests/{request_id}/decide/", {"decision": "approve"}).status_code \
         == 403
     assert QuotaRequest.objects.get(pk=request_id).status == "PENDING"
+
+
+@pytest.mark.parametrize("page", ["abc", "0", "-1", "1.5"])
+def test_a_malformed_page_of_quota_requests_is_a_400(tenant_admin, page):
+    response = tenant_admin.client.get("/api/quota-requests/", {"page": page})
+    assert response.status_code == 400, response.content
+    assert set(response.json()["error"]) >= {"code", "message", "type"}
