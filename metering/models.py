@@ -107,6 +107,12 @@ class UsageMeter(models.Model):
     period_start = models.DateTimeField()
     used = models.BigIntegerField(default=0)
     reserved = models.BigIntegerField(default=0)
+    # A meter created during its period starts from what the daily rollup already held for its
+    # subject and period (metering/meter_start.py); `used` is this plus what settled through its
+    # holds, which is how reconciliation recomputes it. db_default: raw inserts need not name it.
+    baseline = models.BigIntegerField(
+        default=0, db_default=0,
+        help_text="What the ledger already held for this subject and period when the meter was created.")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

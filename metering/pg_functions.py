@@ -54,6 +54,9 @@ DECLARE
     v_failed_usage jsonb;
     v_failed_meters bigint[];
     v_alerts bigint[];
+    v_adopt uuid[];
+    v_adopt_hold bigint[];
+    v_adopt_active boolean[];
 BEGIN
     -- Holds are leases, not the ledger: this commit need not wait for the WAL flush (the meter
     -- locks are released sooner, which is what bounds throughput on a busy tenant). A database
@@ -74,14 +77,73 @@ BEGIN
     h_limit := (p->>'h_limit')::bigint[];
     h_key := (p->>'h_key')::text[];
     IF p_ensure_meters THEN
-        -- Only when an earlier call found a meter missing (a new period, a first call): creating
-        -- rows before any lock is taken keeps the lock order below strictly by id.
-        INSERT INTO metering_usagemeter (tenant_id, user_id, task_id, metric, "window", period_start, used,
-                                         reserved, updated_at)
-        SELECT p_tenant, h.u, h.t, h.m, h.w, h.p, 0, 0, p_now
-        FROM unnest(h_user, h_task, h_metric, h_window, h_period) AS h(u, t, m, w, p)
-        ON CONFLICT (tenant_id, COALESCE(user_id, 0::bigint), COALESCE(task_id, 0::bigint), metric, "window",
-                     period_start) DO NOTHING;
+        -- Only when an earlier call found a meter missing (a new period, a first call, a new rule):
+        -- creating rows before any meter lock is taken keeps the lock order below strictly by id.
+        -- A new meter starts from the daily rollup of its subject and period and adopts the calls
+        -- that can still settle (metering/meter_start.py: the same as the Python path, and why each
+        -- call then counts exactly once). Their reservations are locked first, in id order: a
+        -- settlement that claimed one has committed, and the next statement's rollup read sees it;
+        -- one that comes later waits, and settles through the adopted hold.
+        SELECT array_agg(c.id ORDER BY c.id, c.i), array_agg(c.i ORDER BY c.id, c.i),
+               array_agg(c.active ORDER BY c.id, c.i)
+        INTO v_adopt, v_adopt_hold, v_adopt_active
+        FROM (
+            SELECT r.id, h.i, r.status = 'ACTIVE' AS active
+            FROM unnest(h_user, h_task, h_metric, h_window, h_period) WITH ORDINALITY AS h(u, t, m, w, p, i)
+            JOIN metering_usagereservation r
+              ON r.tenant_id = p_tenant AND r.status IN ('ACTIVE', 'EXPIRED', 'RELEASED')
+             AND r.expires_at >= h.p AND r.created_at >= h.p AND r.created_at < __PERIOD_END__
+             AND (h.u IS NULL OR r.user_id = h.u) AND (h.t IS NULL OR r.task_id = h.t)
+             AND (r.status = 'ACTIVE' OR h.m <> 'CONCURRENT')
+            WHERE NOT EXISTS (
+                SELECT 1 FROM metering_usagemeter mm
+                WHERE mm.tenant_id = p_tenant AND COALESCE(mm.user_id, 0) = COALESCE(h.u, 0)
+                  AND COALESCE(mm.task_id, 0) = COALESCE(h.t, 0) AND mm.metric = h.m AND mm."window" = h.w
+                  AND mm.period_start = h.p)
+            ORDER BY r.id
+            FOR SHARE OF r
+        ) c;
+
+        -- An in-flight call holds what it already holds of that metric (its worst case), one slot of
+        -- a concurrency meter; a released one nothing. One insert order for every creator.
+        WITH wanted AS (
+            SELECT h.*, __PERIOD_END__ AS e
+            FROM unnest(h_user, h_task, h_metric, h_window, h_period) WITH ORDINALITY AS h(u, t, m, w, p, i)
+            WHERE NOT EXISTS (
+                SELECT 1 FROM metering_usagemeter mm
+                WHERE mm.tenant_id = p_tenant AND COALESCE(mm.user_id, 0) = COALESCE(h.u, 0)
+                  AND COALESCE(mm.task_id, 0) = COALESCE(h.t, 0) AND mm.metric = h.m AND mm."window" = h.w
+                  AND mm.period_start = h.p)
+        ), adopted AS (
+            SELECT a.i, a.id,
+                   CASE WHEN NOT a.active THEN 0 WHEN h_metric[a.i] = 'CONCURRENT' THEN 1
+                        ELSE COALESCE((SELECT max(x.amount) FROM metering_usagehold x
+                                       JOIN metering_usagemeter xm ON xm.id = x.meter_id
+                                       WHERE x.reservation_id = a.id AND xm.metric = h_metric[a.i]), 0) END AS amount
+            FROM unnest(v_adopt, v_adopt_hold, v_adopt_active) AS a(id, i, active)
+        ), created AS (
+            INSERT INTO metering_usagemeter AS mm (tenant_id, user_id, task_id, metric, "window", period_start, used,
+                                                   baseline, reserved, updated_at)
+            SELECT p_tenant, h.u, h.t, h.m, h.w, h.p, b.amount, b.amount,
+                   (SELECT COALESCE(sum(a.amount), 0) FROM adopted a WHERE a.i = h.i), p_now
+            FROM wanted h CROSS JOIN LATERAL (
+                -- The rollup covers days: a minute (rate) or a gauge (concurrency) starts from 0.
+                SELECT COALESCE(sum(__ROLLUP__), 0) AS amount FROM metering_usagedaily d
+                WHERE h.w IN ('DAY', 'MONTH') AND d.tenant_id = p_tenant AND (h.u IS NULL OR d.user_id = h.u)
+                  AND (h.t IS NULL OR d.task_id = h.t)
+                  AND d.day >= (h.p AT TIME ZONE 'UTC')::date AND d.day < (h.e AT TIME ZONE 'UTC')::date
+            ) b
+            ORDER BY h.m, h.w, COALESCE(h.u, 0), COALESCE(h.t, 0)
+            ON CONFLICT (tenant_id, COALESCE(user_id, 0::bigint), COALESCE(task_id, 0::bigint), metric, "window",
+                         period_start) DO NOTHING  -- another admission created it, and adopted these calls
+            RETURNING mm.id, mm.user_id, mm.task_id, mm.metric, mm."window"
+        )
+        INSERT INTO metering_usagehold (reservation_id, meter_id, amount, policy_key, limit_value)
+        SELECT a.id, c.id, a.amount, h_key[h.i], h_limit[h.i]
+        FROM created c
+        JOIN wanted h ON h.m = c.metric AND h.w = c."window" AND COALESCE(h.u, 0) = COALESCE(c.user_id, 0)
+                     AND COALESCE(h.t, 0) = COALESCE(c.task_id, 0)
+        JOIN adopted a ON a.i = h.i;
     END IF;
 
     -- Each hold's meter by its unique key: one probe of that index per hold, whatever the number
@@ -289,6 +351,12 @@ $fn$;
 """
 
 
+# metering/periods.period_end of the hold `h` (window h.w, start h.p), in UTC.
+_PERIOD_END = ("CASE WHEN h.w = 'NONE' THEN 'infinity'::timestamptz ELSE (h.p AT TIME ZONE 'UTC' + CASE h.w "
+               "WHEN 'MINUTE' THEN interval '1 minute' WHEN 'DAY' THEN interval '1 day' ELSE interval '1 month' END) "
+               "AT TIME ZONE 'UTC' END")
+
+
 def install_pg_functions(*, using: str = "default", **_: Any) -> None:
     from django.db import connections
 
@@ -302,12 +370,13 @@ def install_pg_functions(*, using: str = "default", **_: Any) -> None:
 def functions_sql() -> str:
     """The functions' SQL with the shared rules (metering/rules.py) and the key registry written in."""
     from metering.policy_keys import POLICY_KEYS, KeyKind
-    from metering.rules import CONCURRENCY_PERCENT, EXCEEDED_PERCENT, WARN_PERCENT, actual_sql
+    from metering.rules import CONCURRENCY_PERCENT, EXCEEDED_PERCENT, WARN_PERCENT, actual_sql, rollup_sql
 
     quota_keys = "ARRAY[" + ", ".join(f"'{key.name}'" for key in POLICY_KEYS.values() if key.kind == KeyKind.QUOTA)
     actual = actual_sql("m.metric", {"tokens_in": "p_tokens_in", "tokens_out": "p_tokens_out",
                                      "cost_micro_usd": "p_cost", "api_calls": "p_api_calls"})
     thresholds = f"({WARN_PERCENT}, 'QUOTA_WARNING'), ({EXCEEDED_PERCENT}, 'QUOTA_EXCEEDED')"
     return (ADMIT.replace("__CONCURRENCY_PERCENT__", str(CONCURRENCY_PERCENT))
+            .replace("__ROLLUP__", rollup_sql("h.m", "d")).replace("__PERIOD_END__", _PERIOD_END)
             + SETTLE.replace("__QUOTA_KEYS__", quota_keys + "]::text[]").replace("__ACTUAL__", actual)
             .replace("__THRESHOLDS__", thresholds))

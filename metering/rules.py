@@ -69,6 +69,29 @@ def actual_sql(metric_column: str, params: dict[str, str]) -> str:
     return f"CASE {metric_column} {' '.join(branches)} ELSE 0 END"
 
 
+# The daily rollup (UsageDaily) keeps, per subject and day, the sums of the same fields a call
+# reports, and `requests`: the calls it admitted.
+ROLLUP_SUMS = ("tokens_in", "tokens_out", "cost_micro_usd", "api_calls", "requests")
+
+
+def rollup_amount(metric: str, sums: dict[str, int]) -> int:
+    """What a rollup's sums hold of a metric: the rule of `CallOutcome.actual` summed over its calls
+    (a per-call constant counts once per admitted call)."""
+    rule = _ACTUAL[metric]
+    if isinstance(rule, int):
+        return rule * int(sums["requests"] or 0)
+    return sum(int(sums[name] or 0) for name in rule)
+
+
+def rollup_sql(metric_column: str, alias: str) -> str:
+    """`rollup_amount` as a SQL CASE over a meter's metric column, for the rollup row `alias`."""
+    branches = []
+    for metric, rule in _ACTUAL.items():
+        value = f"{rule} * {alias}.requests" if isinstance(rule, int) else " + ".join(f"{alias}.{n}" for n in rule)
+        branches.append(f"WHEN '{metric}' THEN {value}")
+    return f"CASE {metric_column} {' '.join(branches)} ELSE 0 END"
+
+
 def crossed_thresholds(*, limit: int, before: int, after: int) -> list[int]:
     """The quota thresholds (percent) a move from `before` to `after` crossed."""
     if limit <= 0 or after <= before:

@@ -8,6 +8,7 @@ from typing import Any
 from django.db.models import Q, QuerySet, Sum
 
 from catalog.selectors import tasks_all
+from metering.meter_start import meter_baseline
 from metering.models import UsageDaily, UsageLog, UsageMeter
 from metering.periods import period_end, period_start
 from metering.policy import Limit, effective_limits
@@ -54,7 +55,11 @@ def quota_for_caller(*, context: TenantContext, now: datetime) -> list[dict[str,
     rows = []
     for subject, info in wanted.items():
         meter = meters.get(subject)
-        used, reserved = (meter.used, meter.reserved) if meter else (0, 0)
+        if meter is not None:
+            used, reserved = meter.used, meter.reserved
+        else:  # no call since the rule appeared: the meter will start from what the ledger holds
+            used, reserved = meter_baseline(tenant_id=context.tenant_id, user_id=subject[0], task_id=subject[1],
+                                            metric=subject[2], window=subject[3], start=subject[4]), 0
         limit = info["limit"]
         rows.append({**info, "used": used, "reserved": reserved,
                      "remaining": max(0, limit - used - reserved),

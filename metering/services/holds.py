@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from gateway_project.errors import Conflict, TooManyRequests
 from metering import meter_sql
+from metering.meter_start import meters_create
 from metering.models import Metric, QuotaAlert, UsageHold, UsageLog, UsageMeter, UsageReservation, Window
 from metering.periods import seconds_until_reset
 from metering.policy import EnforcementDecision, HoldSpec, policy_setting
@@ -67,18 +68,15 @@ def _meter_ids(keys: set[tuple]) -> dict[tuple, int]:
 
 
 def meters_ensure(*, tenant_id: int, holds: list[HoldSpec], now: datetime | None = None) -> dict[tuple, int]:
-    """Meter ids for these holds, creating missing rows (insert-or-ignore: safe under races)."""
-    keys = {_meter_key(tenant_id, h) for h in holds}
-    if not keys:
+    """Meter ids for these holds, creating missing rows (safe under races). A meter created during
+    its period starts from what the ledger already holds for it (metering/meter_start.py)."""
+    by_key = {_meter_key(tenant_id, h): h for h in holds}
+    if not by_key:
         return {}
-    found = _meter_ids(keys)
-    missing = keys - found.keys()
+    found = _meter_ids(set(by_key))
+    missing = by_key.keys() - found.keys()
     if missing:
-        UsageMeter.objects.bulk_create(
-            [UsageMeter(tenant_id=k[0], user_id=k[1], task_id=k[2], metric=k[3], window=k[4], period_start=k[5])
-             for k in missing],
-            ignore_conflicts=True,
-        )
+        meters_create(tenant_id=tenant_id, holds=[by_key[k] for k in missing])
         found.update(_meter_ids(missing))
     return found
 

@@ -79,7 +79,11 @@ class MeterDrift:
 def meters_reconcile(*, fix: bool = False) -> list[MeterDrift]:
     """Recompute every meter from the ledger and the holds; report (and optionally fix) drift.
 
-    used     = the actual amounts of the ledger rows whose reservation held that meter;
+    used     = the meter's baseline (what the rollup held for its subject and period when the meter
+               was created: metering/meter_start.py) + the actual amounts of the ledger rows whose
+               reservation held that meter. Exact: a call that settled before the meter was created
+               is in the baseline, any later one through a hold (calls in flight then were adopted),
+               never both;
     reserved = the holds of reservations still ACTIVE.
     """
     ledger = {
@@ -100,9 +104,9 @@ def meters_reconcile(*, fix: bool = False) -> list[MeterDrift]:
     drifts: list[MeterDrift] = []
     for meter in UsageMeter.objects.order_by("pk").iterator():
         row = ledger.get(meter.pk)
-        expected_used = 0
+        expected_used = meter.baseline
         if row is not None and meter.metric in field_for:
-            expected_used = row[field_for[meter.metric]] or 0
+            expected_used += row[field_for[meter.metric]] or 0
         expected_reserved = active.get(meter.pk, 0)
         if (meter.used, meter.reserved) != (expected_used, expected_reserved):
             drifts.append(MeterDrift(meter.pk, meter.metric, meter.window, meter.used, expected_used,
