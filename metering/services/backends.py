@@ -107,7 +107,9 @@ class PythonHolds:
         except IntegrityError:
             if reservation.idempotency_key is None:
                 raise
-            transaction.set_rollback(True)
+            # As for a refusal: the holds go back, the meters stay (as the PostgreSQL function,
+            # which finds the key taken after it created them, leaves them).
+            meter_sql.holds_move([(meter_id, by_meter[meter_id].amount, 0) for meter_id in values])
             return AdmitResult(status="in_flight")
         UsageHold.objects.bulk_create(
             UsageHold(reservation=reservation, meter_id=meter_id, amount=h.amount, policy_key=h.key,
