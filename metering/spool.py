@@ -210,9 +210,13 @@ def _replay_one(record: dict) -> int:
         created_at=admitted_at, expires_at=admitted_at, settled_at=admitted_at,
     )
     meter_ids = meters_ensure(tenant_id=record["tenant_id"], holds=holds)
-    for hold in holds:
-        meter_id = meter_ids[(record["tenant_id"], hold.user_id, hold.task_id, hold.metric, hold.window,
-                              hold.period_start)]
+    def meter_of(hold: HoldSpec) -> int:
+        return meter_ids[(record["tenant_id"], hold.user_id, hold.task_id, hold.metric, hold.window,
+                          hold.period_start)]
+
+    # In meter-id order, as admission locks them: a replay racing admissions never deadlocks.
+    for hold in sorted(holds, key=meter_of):
+        meter_id = meter_of(hold)
         # Zero-amount hold rows tie the meter to this ledger row, so reconcile sees it.
         UsageHold.objects.create(reservation=reservation, meter_id=meter_id, amount=0, policy_key=hold.key,
                                  limit_value=hold.limit)

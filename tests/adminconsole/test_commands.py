@@ -14,6 +14,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from metering.models import UsageDaily, UsageLog, UsageMeter
+from metering.services import meters_reconcile
 from tenants.models import Tenant, User
 
 pytestmark = pytest.mark.django_db
@@ -48,6 +49,7 @@ def test_generate_usage_writes_ledger_rollup_and_meters_that_agree(generated):
     month_rows = ledger.exclude(status="REFUSED").filter(admitted_at__gte=month.period_start)
     assert month.used == sum(r.tokens_in + r.tokens_out for r in month_rows)
     assert all(r.admitted_at <= now for r in ledger)
+    assert meters_reconcile() == []  # generated meters are all baseline: no drift against the ledger
     # A second run adds new tenants, never collides.
     run("generate_usage", "--tenants", "1", "--days", "1", "--prefix", "load")
     assert Tenant.objects.filter(slug="load-00003").exists()

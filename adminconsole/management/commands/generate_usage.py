@@ -207,7 +207,7 @@ class Command(BaseCommand):
         )
         UsageMeter.objects.bulk_create(
             [UsageMeter(tenant_id=k[0], user_id=k[1], task=None, metric=k[2], window=k[3], period_start=k[4],
-                        used=used) for k, used in meters.items()],
+                        used=used, baseline=used) for k, used in meters.items()],  # no holds: all baseline
             batch_size=options["batch_size"], ignore_conflicts=True,
         )
         return len(logs)
