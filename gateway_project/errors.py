@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django import db
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, JsonResponse, UnreadablePostError
 from rest_framework import exceptions as drf_exceptions
@@ -99,6 +100,39 @@ class ServiceUnavailable(GatewayError):
     error_type = "api_error"
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database cannot be reached (or cannot serve right now): retry shortly."""
+
+    code = "database_unavailable"
+
+    def __init__(self, message: str = "The database is unavailable; try again shortly.", *,
+                 retry_after: int | None = 5, **kwargs: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **kwargs)
+
+
+class MeteringUnavailable(DatabaseUnavailable):
+    """The metered API's view of it: a call that cannot be metered is not run (HARD), or fails open."""
+
+    code = "metering_unavailable"
+
+    def __init__(self, message: str = "Metering is unavailable; try again shortly.", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+
+
+# What "the database is down" looks like: a refused or dropped connection, a pool that could not hand
+# one out in time (psycopg_pool's PoolTimeout, a psycopg OperationalError), a server shutting down.
+# Django wraps the driver's errors in its own; the driver's are listed for any raised outside Django's
+# wrapper. Integrity or programming errors are bugs, not outages: they stay 500s (SQLite files some of
+# those, "no such table" among them, as OperationalError: the log line names them).
+DATABASE_DOWN_ERRORS: tuple[type[Exception], ...] = (db.OperationalError, db.InterfaceError)
+try:
+    import psycopg
+except ImportError:  # the embedded default needs no PostgreSQL driver
+    pass
+else:
+    DATABASE_DOWN_ERRORS += (psycopg.OperationalError, psycopg.InterfaceError)
+
+
 def error_response(error: GatewayError) -> JsonResponse:
     response = JsonResponse(error.payload(), status=error.status_code)
     for name, value in error.headers().items():
@@ -170,5 +204,15 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         if auth_header:
             headers["WWW-Authenticate"] = auth_header
         return Response({"error": body}, status=exc.status_code, headers=headers)
-    logger.exception("Unhandled error in %s", context.get("view").__class__.__name__ if context.get("view") else "view")
+    if isinstance(exc, DATABASE_DOWN_ERRORS):
+        # An outage, not a bug: one line, no traceback per request, and a 503 the client may retry.
+        logger.warning("database unavailable in %s: %s: %s", _view_name(context), exc.__class__.__name__,
+                       str(exc).partition("\n")[0])
+        unavailable = DatabaseUnavailable()
+        return Response(unavailable.payload(), status=unavailable.status_code, headers=unavailable.headers())
+    logger.exception("Unhandled error in %s", _view_name(context))
     return Response(internal_error_payload(), status=500)
+
+
+def _view_name(context: dict[str, Any]) -> str:
+    return context.get("view").__class__.__name__ if context.get("view") else "view"

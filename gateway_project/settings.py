@@ -112,13 +112,20 @@ DATABASE_URL = env.str("DATABASE_URL", default="")
 if DATABASE_URL:
     _db = env.db_url_config(DATABASE_URL)
     if _db["ENGINE"] in {"django.db.backends.postgresql", "django.db.backends.postgresql_psycopg2"}:
-        _db["ENGINE"] = "django.db.backends.postgresql"
+        # Django's PostgreSQL backend whose pool checks each connection it hands out (a socket
+        # poll, no round trip): after an outage no request draws a dead pooled connection.
+        _db["ENGINE"] = "gateway_project.postgresql"
         # Django's psycopg pool: connections are shared across requests, and since no
         # connection is held across a provider call, a small pool serves many calls.
         _db.setdefault("OPTIONS", {})["pool"] = {
             "min_size": env.int("DB_POOL_MIN_SIZE", default=1),
             "max_size": env.int("DB_POOL_MAX_SIZE", default=20),
             "timeout": env.int("DB_POOL_TIMEOUT", default=10),
+            # A failed reconnection is retried with exponential backoff until this; past it the pool
+            # gives up and reconnects on the next request instead. psycopg_pool's default (300 s) lets
+            # the retry delay grow to minutes in a long outage: the pool then stays empty that long
+            # after the database is back, and every request in between times out (a 503).
+            "reconnect_timeout": env.float("DB_POOL_RECONNECT_TIMEOUT", default=2.0),
         }
         _db["CONN_MAX_AGE"] = 0
         # Django turns psycopg's prepared statements off (for PgBouncer in transaction mode). Its

@@ -32,7 +32,14 @@ from django.db import DatabaseError, InterfaceError
 from django.utils import timezone
 
 from catalog.selectors import ModelInfo
-from gateway_project.errors import Conflict, GatewayError, ServiceUnavailable
+from gateway_project.errors import (
+    DATABASE_DOWN_ERRORS,
+    Conflict,
+    DatabaseUnavailable,
+    GatewayError,
+    MeteringUnavailable,
+    ServiceUnavailable,
+)
 from llm import calls, metrics, router
 from llm.db import db_step
 from llm.openai_wire import ChatInput
@@ -45,7 +52,8 @@ from tenants.selectors import TenantContext
 
 logger = logging.getLogger("gateway.llm")
 
-_ACCESS_ERRORS = (DatabaseError, InterfaceError)
+# Inside a step: the database's own errors; around one (the lease renewer): what db_step raises for them.
+_ACCESS_ERRORS = (DatabaseError, InterfaceError, *DATABASE_DOWN_ERRORS, DatabaseUnavailable)
 
 
 @dataclass
@@ -140,11 +148,12 @@ def _admit(context: TenantContext, task_code: str, chat: ChatInput, tokens_in: i
         if decision.would_refuse_code and not admission.would_refuse_code:
             admission.would_refuse_code = decision.would_refuse_code
         return _Admitted(decision=decision, admission=admission, mode=mode, now=now)
-    except _ACCESS_ERRORS:
+    except _ACCESS_ERRORS as exc:
         if mode == "HARD":
-            logger.exception("metering database unavailable; refusing (HARD mode)")
-            raise ServiceUnavailable("Metering is unavailable; try again shortly.", code="metering_unavailable",
-                                     retry_after=5) from None
+            # An outage gets one line per request; any other database error (a bug) its traceback.
+            logger.warning("metering database unavailable; refusing (HARD mode): %s: %s", exc.__class__.__name__,
+                           str(exc).partition("\n")[0], exc_info=not isinstance(exc, DATABASE_DOWN_ERRORS))
+            raise MeteringUnavailable() from None
         # SHADOW/SOFT fail open: the call runs; its usage is spooled and recorded later.
         logger.error("metering database unavailable; failing open in %s mode", mode)
         return _Admitted(decision=_decision_without_db(context, task_code, chat, tokens_in, now, mode),
@@ -157,8 +166,7 @@ def _decision_without_db(context: TenantContext, task_code: str, chat: ChatInput
     try:
         decision = _decision(context, task_code, chat, tokens_in, now, mode, usage_unavailable=True)
     except _ACCESS_ERRORS:
-        raise ServiceUnavailable("Metering is unavailable and the policy cache is cold.",
-                                 code="metering_unavailable", retry_after=5) from None
+        raise MeteringUnavailable("Metering is unavailable and the policy cache is cold.") from None
     if not decision.allowed:
         raise GatewayError(decision.message, code=decision.code, status_code=decision.status)
     return decision
