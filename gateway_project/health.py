@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from django.core.cache import cache
 from django.db import connection
@@ -39,6 +40,11 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonR
 
 
 def server_error(request: HttpRequest) -> JsonResponse:
+    from gateway_project.errors import DATABASE_DOWN_ERRORS, DatabaseUnavailable, error_response
+
+    if isinstance(sys.exc_info()[1], DATABASE_DOWN_ERRORS):
+        # A plain Django view (console, admin) with the database down: a 503 to retry, not a 500.
+        return error_response(DatabaseUnavailable())
     return JsonResponse(
         {"error": {"code": "internal_error", "message": "Internal server error.", "type": "api_error"}}, status=500
     )

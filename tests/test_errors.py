@@ -345,3 +345,29 @@ def test_readyz_checks_database_and_cache(db):
     assert response.status_code == 200
     assert response.json() == {"status": "ready", "checks": {"database": "ok", "cache": "ok"}}
 
+
+
+def test_a_plain_django_view_with_the_database_down_is_a_503_to_retry(tenant_admin, monkeypatch):
+    """The console and the admin are plain Django views: a database outage there ends in handler500,
+    which answers 503 database_unavailable (with Retry-After) instead of a 500."""
+    from django.db import OperationalError
+    from django.test import Client
+
+    from adminconsole import views
+
+    def down(*args, **kwargs):
+        raise OperationalError("could not connect to server")
+
+    staff = Client(raise_request_exception=False)
+    staff.force_login(_superuser())
+    monkeypatch.setattr(views, "render", down)
+    response = staff.get("/console/")
+    assert response.status_code == 503, response.content
+    assert response.json()["error"]["code"] == "database_unavailable"
+    assert response["Retry-After"] == "5"
+
+
+def _superuser():
+    from tenants.models import User
+
+    return User.objects.create_superuser(username="ops-root", email="ops@example.com", password="x" * 20)
