@@ -15,6 +15,7 @@ from rest_framework.test import APIClient
 from tenants import services as tenant_services
 from tenants.models import Tenant, User
 from tenants.tokens import tokens_for_user
+from tests.asgi_client import GatewayClient
 
 PASSWORD = "correct-horse-battery-staple-42"
 
@@ -129,7 +130,16 @@ class Persona:
 
     @property
     def client(self) -> APIClient:
-        client = APIClient()
+        """The persona's API client: `/v1/` requests go through `gateway_project.asgi.application`, the
+        pure-ASGI fast path uvicorn serves them by (tests/asgi_client.py); the rest through Django."""
+        return self._signed_in(GatewayClient())
+
+    @property
+    def django_client(self) -> APIClient:
+        """Django's test client only: `/v1/` requests reach the Django views, not the fast path."""
+        return self._signed_in(APIClient())
+
+    def _signed_in(self, client: APIClient) -> APIClient:
         if self.user.tenant_id is not None:
             client.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens_for_user(self.user)['access']}")
         return client

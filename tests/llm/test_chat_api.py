@@ -11,9 +11,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from asgiref.sync import ThreadSensitiveContext
-from django.test import AsyncClient, override_settings
+from django.test import override_settings
 
 from catalog.models import ProviderModel, Task
+from gateway_project.asgi import application
 from llm.db import db_step
 from llm.providers.offline import OfflineProvider
 from llm.tokenizer import messages_tokens
@@ -21,6 +22,7 @@ from metering.models import Metric, UsageLog, UsageMeter, UsageReservation, Wind
 from metering.services import meters_reconcile, policy_rule_set
 from tenants.services import tenant_set_enforcement_mode
 from tenants.tokens import tokens_for_user
+from tests.asgi_client import arequest
 from tests.conftest import Persona, assert_error, make_tenant
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -269,9 +271,10 @@ def test_quota_smaller_than_one_request_refuses_the_first_call(tenant_admin):
 def test_concurrency_limit_while_another_call_is_in_flight(tenant_admin, monkeypatch):
     """max_concurrent=1: a second call arriving while the first waits on its provider is refused.
 
-    Both requests run concurrently on one event loop, each in its own ThreadSensitiveContext as the
-    ASGI handler gives every request. The first call's provider waits on an event, so the second
-    deterministically arrives while the first holds its slot.
+    Both requests run concurrently through the ASGI application on one event loop, each in its own
+    ThreadSensitiveContext (its db steps on a thread of its own, as on the server's pool). The first
+    call's provider waits on an event, so the second deterministically arrives while the first holds
+    its slot.
     """
     set_rule(tenant_admin.tenant, "max_concurrent", 1, task=TASK)
     token = tokens_for_user(tenant_admin.user)["access"]
@@ -285,20 +288,21 @@ def test_concurrency_limit_while_another_call_is_in_flight(tenant_admin, monkeyp
 
     monkeypatch.setattr(OfflineProvider, "chat", gated_chat)
 
-    async def post(client: AsyncClient):
+    async def post():
         async with ThreadSensitiveContext():
-            return await client.post(URL, {"model": "auto", "messages": MESSAGES, "max_tokens": 20},
-                                     content_type="application/json", headers={"Authorization": f"Bearer {token}"})
+            sent = await arequest(application, "POST", URL, json={"model": "auto", "messages": MESSAGES,
+                                                                  "max_tokens": 20},
+                                  headers={"Authorization": f"Bearer {token}"})
+            return sent.response()
 
     async def scenario():
         gate["entered"], gate["release"] = asyncio.Event(), asyncio.Event()
-        client = AsyncClient()
-        first = asyncio.create_task(post(client))
+        first = asyncio.create_task(post())
         await asyncio.wait_for(gate["entered"].wait(), 10)
         # db_step, as the gateway's own steps: asgiref runs it on its long-lived sync thread, where a
         # connection left open would outlive the test database.
         in_flight = (await db_step(slot_meter)(tenant_admin.tenant)).reserved
-        second = await asyncio.wait_for(post(client), 10)
+        second = await asyncio.wait_for(post(), 10)
         gate["release"].set()
         return in_flight, await asyncio.wait_for(first, 10), second
 
