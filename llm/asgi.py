@@ -10,7 +10,8 @@ including any other method or path under /v1/, goes to Django.
 What Django would have done and still must happen here:
 - ALLOWED_HOSTS is checked (a 400 in the error shape); SecurityMiddleware's and
   XFrameOptionsMiddleware's response headers are added; with SECURE_SSL_REDIRECT on, requests
-  go to Django, which redirects.
+  go to Django, which redirects; so do requests CommonMiddleware would refuse (DISALLOWED_USER_AGENTS)
+  or redirect (PREPEND_WWW). `REVIEWED_MIDDLEWARE` below is the list this was checked against.
 - A body over DATA_UPLOAD_MAX_MEMORY_SIZE is refused with 413, without reading it.
 - Database connections: each `db_step` closes (returns to the pool) what it used, so there is no
   per-request `close_old_connections` to run.
@@ -51,6 +52,36 @@ _JSON = [(b"content-type", b"application/json")]
 _SSE = [(b"content-type", b"text/event-stream")]
 
 
+# The middleware the fast path was reviewed against, in order: it runs none of it, so each entry says what
+# it does for POST /v1/{task}/chat/completions and GET /v1/{task}/models and where the fast path does that.
+# tests/llm/test_asgi_fast_path.py fails when settings.MIDDLEWARE stops being exactly this list.
+REVIEWED_MIDDLEWARE = (
+    # Redirects plain HTTP when SECURE_SSL_REDIRECT (such requests go to Django here); adds HSTS on secure
+    # requests, X-Content-Type-Options, Referrer-Policy and Cross-Origin-Opener-Policy: `_headers`.
+    "django.middleware.security.SecurityMiddleware",
+    # Loads request.session from the session cookie, lazily. The endpoints authenticate bearer tokens and
+    # never touch the session, so it neither reads nor saves one, nor adds `Vary: Cookie`: nothing to do.
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    # ALLOWED_HOSTS (`_host_allowed`); DISALLOWED_USER_AGENTS and PREPEND_WWW, which refuse or redirect
+    # before any view (those go to Django: `_common_middleware_answers`); APPEND_SLASH only redirects paths
+    # that match no route, and these routes match exactly; Content-Length on whole bodies: `_send_json`.
+    "django.middleware.common.CommonMiddleware",
+    # The chat view is csrf_exempt (bearer tokens, no cookies) and models is a GET; no CSRF cookie is
+    # set because no CSRF token is asked for: nothing to do.
+    "django.middleware.csrf.CsrfViewMiddleware",
+    # request.user from the session, lazily; the endpoints authenticate the bearer token themselves
+    # (llm.auth.authenticate): nothing to do.
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Marks request.user's OTP verification for staff sessions (adminconsole/otp.py); no session user
+    # on these endpoints: nothing to do.
+    "django_otp.middleware.OTPMiddleware",
+    # Cookie/session message storage for templates; the endpoints add no messages: nothing to do.
+    "django.contrib.messages.middleware.MessageMiddleware",
+    # X-Frame-Options from X_FRAME_OPTIONS on every response: `_headers`.
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+)
+
+
 class ClientDisconnected(Exception):
     """The client went away before its request body arrived."""
 
@@ -71,7 +102,8 @@ class MeteredApi:
             if match is not None and scope["method"] == _METHODS[match["endpoint"]]:
                 headers = {name.decode("latin-1").lower(): value.decode("latin-1")
                            for name, value in scope["headers"]}
-                if not settings.SECURE_SSL_REDIRECT or _is_secure(scope, headers):  # else Django redirects
+                if ((not settings.SECURE_SSL_REDIRECT or _is_secure(scope, headers))  # else Django redirects
+                        and not _common_middleware_answers(headers, scope)):
                     await _guarded(scope, receive, send, headers, match["task"], match["endpoint"])
                     return
         await self.fallback(scope, receive, send)
@@ -96,7 +128,7 @@ async def _guarded(scope: Scope, receive: Receive, send: Send, headers: dict[str
 
 async def _serve(scope: Scope, receive: Receive, send: Send, headers: dict[str, str], task_code: str,
                  endpoint: str) -> None:
-    if not _host_allowed(headers, scope):
+    if not _host_allowed(_host(headers, scope)):
         error = BadRequest("The Host header is not one this server answers to.", code="disallowed_host")
         await _send_json(send, scope, headers, apis.ApiResponse(400, {}, error.payload()))
         return
@@ -130,14 +162,31 @@ def _is_secure(scope: Scope, headers: dict[str, str]) -> bool:
     return scope.get("scheme") == "https"
 
 
-def _host_allowed(headers: dict[str, str], scope: Scope) -> bool:
-    """Django's `HttpRequest.get_host()` check, which CommonMiddleware runs on every request."""
+def _common_middleware_answers(headers: dict[str, str], scope: Scope) -> bool:
+    """What CommonMiddleware refuses (DISALLOWED_USER_AGENTS, 403) or redirects (PREPEND_WWW) before any
+    view runs: such requests go to Django, which answers them as it does on every other path."""
+    agent = headers.get("user-agent")
+    if agent is not None and any(regex.search(agent) for regex in settings.DISALLOWED_USER_AGENTS):
+        return True
+    if settings.PREPEND_WWW:
+        host = _host(headers, scope)
+        return _host_allowed(host) and not host.startswith("www.")  # a bad host stays our 400
+    return False
+
+
+def _host(headers: dict[str, str], scope: Scope) -> str:
+    """The host Django's `HttpRequest.get_host()` reads."""
     host = headers.get("x-forwarded-host") if settings.USE_X_FORWARDED_HOST else None
     if host is None:
         host = headers.get("host")
     if host is None:
         server = scope.get("server") or ("", None)
         host = f"{server[0]}:{server[1]}" if server[1] else str(server[0])
+    return host
+
+
+def _host_allowed(host: str) -> bool:
+    """Django's `HttpRequest.get_host()` check, which CommonMiddleware runs on every request."""
     allowed = settings.ALLOWED_HOSTS
     if settings.DEBUG and not allowed:
         allowed = [".localhost", "127.0.0.1", "[::1]"]
