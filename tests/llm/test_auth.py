@@ -17,6 +17,7 @@ from llm import auth
 from tenants import services
 from tenants.selectors import identity_cached, identity_resolve
 from tenants.tokens import tokens_for_user
+from tests.asgi_client import GatewayClient
 from tests.conftest import PASSWORD, assert_error
 
 URL = "/v1/LLM2_DRAFT/chat/completions"
@@ -113,7 +114,7 @@ def test_only_verified_tokens_are_remembered_and_the_memo_is_bounded(tenant_admi
 
 
 def bearer(token: str) -> APIClient:
-    client = APIClient()
+    client = GatewayClient()  # /v1 through the ASGI fast path, as uvicorn serves it
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
     return client
 
