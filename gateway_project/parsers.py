@@ -40,7 +40,8 @@ def _refuse_constant(name: str) -> None:
     raise _NotFinite(name)  # NaN, Infinity, -Infinity: not JSON
 
 
-def _bad_text(text: str) -> bool:
+def bad_text(text: str) -> bool:
+    """Text no database column, cache key or UTF-8 response can hold: a NUL, or a lone surrogate."""
     if "\x00" in text:
         return True
     if text.isascii():
@@ -58,7 +59,7 @@ def _check(value: Any, max_depth: int) -> None:
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
-            if _bad_text(item):
+            if bad_text(item):
                 raise BadRequest("Strings must be valid Unicode without NUL characters or lone surrogates.",
                                  code="invalid_string")
             continue

@@ -11,19 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from catalog.selectors import ModelInfo
 from gateway_project.errors import BadRequest
+from gateway_project.parsers import bad_text
 from llm.providers.base import ChatResult
 
 ROLES = {"system", "user", "assistant", "developer", "tool"}
 # Deeper than any real chat request (content parts, tool schemas): the walk below and everything
 # downstream (fingerprints, tokenizers, provider SDKs) stay far from Python's recursion limit.
 MAX_DEPTH = 64
-_SURROGATE = re.compile("[\ud800-\udfff]")
 DONE = b"data: [DONE]\n\n"
 
 
@@ -67,9 +66,9 @@ def check_json_values(value: Any, *, where: str = "body") -> None:
             raise BadRequest(f"The request {where} is nested more than {MAX_DEPTH} levels deep.",
                              code="invalid_body")
         if isinstance(item, str):
-            if _SURROGATE.search(item):
-                raise BadRequest("The request contains text that is not valid Unicode (a lone surrogate).",
-                                 code="invalid_text")
+            if bad_text(item):  # the REST API's parser applies the same rule
+                raise BadRequest("The request contains text that is not valid Unicode (a lone surrogate) or a "
+                                 "NUL character.", code="invalid_text")
         elif isinstance(item, dict):
             for key, child in item.items():
                 stack.append((key, depth + 1))

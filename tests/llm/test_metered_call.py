@@ -107,6 +107,7 @@ def _deep(levels: int) -> dict:
     ({"messages": MESSAGES, "stream_options": {"include_usage": True}}, "invalid_stream_options"),
     ({"messages": [{"role": "user", "content": "a \ud800 hinge"}]}, "invalid_text"),
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]}, "invalid_text"),
+    ({"messages": [{"role": "user", "content": "a \u0000 hinge"}]}, "invalid_text"),  # jsonb cannot hold it
     ({"messages": MESSAGES, "temperature": 7}, "invalid_temperature"),
     (_deep(100), "invalid_body"),
 ])
