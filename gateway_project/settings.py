@@ -336,6 +336,19 @@ ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="")
 OPENAI_COMPATIBLE_BASE_URL = env.str("OPENAI_COMPATIBLE_BASE_URL", default="")  # vLLM, Ollama, llama.cpp ...
 OPENAI_COMPATIBLE_API_KEY = env.str("OPENAI_COMPATIBLE_API_KEY", default="")  # optional
 PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=60.0)
+# --- Reconciliation with the providers' own billing (llm/reconcile/) ------------------------
+# Organisation admin keys (read the usage and cost reports; never used for model calls). An active
+# ProviderAdminCredential (admin, encrypted) is used when the variable is empty. Requests go to the
+# provider's base URL above (OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else the vendor's).
+OPENAI_ADMIN_API_KEY = env.str("OPENAI_ADMIN_API_KEY", default="")
+ANTHROPIC_ADMIN_API_KEY = env.str("ANTHROPIC_ADMIN_API_KEY", default="")
+# A figure drifts when |provider - ledger| exceeds BOTH its absolute tolerance and RECONCILE_DRIFT_PERCENT
+# of the larger of the two (cost also allows 1 micro-USD per call: the ledger rounds each call up).
+RECONCILE_DRIFT_PERCENT = env.float("RECONCILE_DRIFT_PERCENT", default=1.0)
+RECONCILE_DRIFT_REQUESTS = env.int("RECONCILE_DRIFT_REQUESTS", default=0)
+RECONCILE_DRIFT_TOKENS = env.int("RECONCILE_DRIFT_TOKENS", default=100)
+RECONCILE_DRIFT_MICRO_USD = env.int("RECONCILE_DRIFT_MICRO_USD", default=10_000)  # one cent
+RECONCILE_TIMEOUT_SECONDS = env.float("RECONCILE_TIMEOUT_SECONDS", default=30.0)
 
 # --- Prior-art search services (llm/search/) ---------------------------------------------
 # OpenAlex wants a free API key since 2026-02 (without one the daily allowance is tiny); mailto

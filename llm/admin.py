@@ -131,3 +131,6 @@ class ProviderCredentialAdmin(admin.ModelAdmin):
                 request, "Not decryptable with any configured key (enter the key again): " + ", ".join(failed),
                 messages.ERROR,
             )
+
+
+import llm.reconcile.admin  # noqa: E402,F401  (admin keys and reconciliation runs)

@@ -76,3 +76,11 @@ class ProviderCredential(models.Model):
             raise ValidationError({"provider": "The offline provider needs no credential."})
         if self.provider == ProviderModel.Provider.OPENAI_COMPATIBLE and not self.base_url:
             raise ValidationError({"base_url": "An OpenAI-compatible server needs its base URL."})
+
+
+# Provider-billing reconciliation (llm/reconcile/): its models live in the llm app.
+from llm.reconcile.models import (  # noqa: E402,F401
+    ProviderAdminCredential,
+    ProviderReconciliation,
+    ProviderReconciliationRow,
+)
