@@ -1,19 +1,32 @@
 """Console reads. Usage comes from the per-day rollup (`metering.UsageDaily`, indexed by day and by
-tenant + day) and from indexed lookups; no page reads the ledger (`UsageLog`)."""
+tenant + day) and from indexed lookups; the ledger (`UsageLog`) only through bounded, indexed time
+ranges of the last hours (hourly charts, provider health), never a scan."""
 
 from __future__ import annotations
 
+import math
+import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from django.core.cache import cache
 from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import TruncHour
 
 from adminconsole.models import QuotaRequest
 from catalog.models import Plan
 from catalog.selectors import tasks_all
-from metering.models import Notification, PolicyRule, QuotaAlert, UsageDaily, UsageMeter, UsageReservation
+from metering.models import (
+    Notification,
+    PolicyRule,
+    QuotaAlert,
+    UsageDaily,
+    UsageLog,
+    UsageMeter,
+    UsageReservation,
+)
 from metering.periods import period_start
 from metering.policy import effective_limits
 from metering.policy_keys import POLICY_KEYS, Subject, ValueType
@@ -268,10 +281,11 @@ def tenant_detail(*, tenant: Tenant, today: date, now: datetime, days: int = 30)
         "alerts": alerts_recent(tenant_id=tenant.pk, limit=20),
         "notifications": Notification.objects.filter(tenant=tenant).select_related("user")
         .order_by("-created_at")[:20],
-        "overrides": PolicyRule.objects.filter(scope=PolicyRule.Scope.TENANT, tenant=tenant)
-        .select_related("task").order_by("key", "task__code"),
         "user_count": User.objects.filter(tenant=tenant).count(),
-        "quota_requests": QuotaRequest.objects.filter(tenant=tenant).select_related("task", "requested_by")[:10],
+        "quota_requests": QuotaRequest.objects.filter(tenant=tenant).select_related("task", "requested_by")
+        .order_by("-created_at", "-id")[:10],
+        "quota_requests_pending": QuotaRequest.objects.filter(tenant=tenant, status=QuotaRequest.Status.PENDING)
+        .select_related("task", "requested_by").order_by("created_at", "id")[:20],
     }
 
 

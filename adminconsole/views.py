@@ -10,9 +10,12 @@ from __future__ import annotations
 import csv
 import time
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
+from datetime import time as dt_time
 from functools import wraps
+from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -27,11 +30,12 @@ from adminconsole.models import QuotaRequest
 from adminconsole.otp import staff_required
 from catalog.models import Plan
 from catalog.selectors import tasks_all
-from gateway_project.errors import GatewayError
+from gateway_project.errors import BadRequest, GatewayError, NotFound
+from metering import services as metering_services
 from metering.models import PolicyRule
-from metering.policy_keys import POLICY_KEYS
+from metering.policy_keys import POLICY_KEYS, KeyKind
 from tenants.audit import AuditSource
-from tenants.models import Tenant
+from tenants.models import Tenant, User
 from tenants.services import ati_token_retier
 
 PAGE_SIZE = 50
@@ -73,34 +77,99 @@ def _labels(days: list[date]) -> list[str]:
     return [d.strftime("%m-%d") for d in days]
 
 
-# ------------------------------------------------------------------------------------------ overview
+# ------------------------------------------------------------------------------------------ live panels
+# The overview, tenant and provider pages render their live part from a fragment template; the page
+# includes it once, and htmx (vendored in adminconsole/static, no CDN) re-fetches the fragment view
+# every CONSOLE_POLL_SECONDS and swaps it in place: the page refreshes itself without a reload.
+
+GRANULARITIES = ("day", "hour")
 
 
-@console_view
-def overview(request: HttpRequest) -> HttpResponse:
+def _granularity(request: HttpRequest) -> str:
+    value = request.GET.get("granularity", "day")
+    return value if value in GRANULARITIES else "day"
+
+
+def _hour_labels(hours: list[datetime]) -> list[str]:
+    return [h.strftime("%d %Hh") for h in hours]
+
+
+def _usage_charts(*, granularity: str, now: datetime, tenant_id: int | None, daily: dict[str, Any],
+                  field: str, names: dict[Any, str], specs: list[tuple[str, str, str, Any, str]]) -> dict[str, Any]:
+    """Charts of `specs` (context name, metric, title, formatter, kind) per day (30 days, from the
+    rollup) or per hour (48 hours, see selectors.hourly_by)."""
+    if granularity == "hour":
+        slots, cells = selectors.hourly_cached(now=now, field=field, tenant_id=tenant_id)
+        labels, x_label, span = _hour_labels(slots), "hour (UTC)", "hour"
+    else:
+        slots, cells = daily["days"], daily[f"by_{field.removesuffix('_id')}"]
+        labels, x_label, span = _labels(slots), "day (UTC)", "day"
+    charts_out: dict[str, Any] = {}
+    for name, metric, title, fmt, kind in specs:
+        draw = charts.line_chart if kind == "line" else charts.stacked_bar_chart
+        charts_out[name] = draw(labels, selectors.series_by(slots, cells, metric, names),
+                                title=title.format(span=span), y_label=_Y_LABELS[metric], x_label=x_label, fmt=fmt)
+    return charts_out
+
+
+_Y_LABELS = {"requests": "requests", "total_tokens": "tokens (in + out)", "cost_micro_usd": "cost (USD)"}
+
+
+def _overview_context(request: HttpRequest) -> dict[str, Any]:
     now = timezone.now()
+    granularity = _granularity(request)
     data = selectors.overview(today=now.date())
-    days, labels, names = data["days"], _labels(data["days"]), data["task_names"]
-    cells = data["by_task"]
     context = {
         "section": "overview",
         "data": data,
+        "granularity": granularity,
+        "poll_seconds": settings.CONSOLE_POLL_SECONDS,
+        "now": now,
         "live": selectors.reservations_live(now=now),
         "alerts": selectors.alerts_recent(),
-        "chart_requests": charts.stacked_bar_chart(
-            labels, selectors.series_by(days, cells, "requests", names), title="Requests per day, by task",
-            y_label="requests"),
-        "chart_tokens": charts.stacked_bar_chart(
-            labels, selectors.series_by(days, cells, "total_tokens", names), title="Tokens per day, by task",
-            y_label="tokens (in + out)"),
-        "chart_cost": charts.stacked_bar_chart(
-            labels, selectors.series_by(days, cells, "cost_micro_usd", names), title="Cost per day, by task",
-            y_label="cost (USD)", fmt=charts.usd_from_micro),
+        "health": selectors.provider_health(now=now, window="1h"),
+        "pending_requests": selectors.quota_requests_pending_count(),
+        **_usage_charts(granularity=granularity, now=now, tenant_id=None, daily=data, field="task_id",
+                        names=data["task_names"], specs=[
+                            ("chart_requests", "requests", "Requests per {span}, by task", charts.compact, "bar"),
+                            ("chart_tokens", "total_tokens", "Tokens per {span}, by task", charts.compact, "bar"),
+                            ("chart_cost", "cost_micro_usd", "Cost per {span}, by task", charts.usd_from_micro,
+                             "bar"),
+                        ]),
         "chart_top": charts.hbar_chart(
             [r["slug"] for r in data["top_tenants"]], [r["cost_micro_usd"] for r in data["top_tenants"]],
             title="Top 10 tenants by cost, last 30 days", x_label="cost (USD)", fmt=charts.usd_from_micro),
     }
-    return _page(request, "overview.html", context)
+    return context
+
+
+@console_view
+def overview(request: HttpRequest) -> HttpResponse:
+    return _page(request, "overview.html", _overview_context(request))
+
+
+@console_view
+def overview_live(request: HttpRequest) -> HttpResponse:
+    return render(request, "adminconsole/_overview_live.html", _overview_context(request))
+
+
+@console_view
+def providers(request: HttpRequest) -> HttpResponse:
+    return _page(request, "providers.html", _providers_context(request))
+
+
+@console_view
+def providers_live(request: HttpRequest) -> HttpResponse:
+    return render(request, "adminconsole/_providers_live.html", _providers_context(request))
+
+
+def _providers_context(request: HttpRequest) -> dict[str, Any]:
+    window = request.GET.get("window", "1h")
+    if window not in selectors.HEALTH_WINDOWS:
+        window = "1h"
+    now = timezone.now()
+    return {"section": "providers", "health": selectors.provider_health(now=now, window=window), "window": window,
+            "windows": list(selectors.HEALTH_WINDOWS), "now": now, "poll_seconds": settings.CONSOLE_POLL_SECONDS}
 
 
 # -------------------------------------------------------------------------------------------- tenants
@@ -117,59 +186,169 @@ def tenant_list(request: HttpRequest) -> HttpResponse:
     return _page(request, "tenant_list.html", {"section": "tenants", "page": page, "rows": rows, "q": query})
 
 
+def _tenant_context(request: HttpRequest, tenant: Tenant) -> dict[str, Any]:
+    now = timezone.now()
+    granularity = _granularity(request)
+    data = selectors.tenant_detail(tenant=tenant, today=now.date(), now=now)
+    return {
+        "section": "tenants",
+        "tenant": tenant,
+        "data": data,
+        "now": now,
+        "granularity": granularity,
+        "poll_seconds": settings.CONSOLE_POLL_SECONDS,
+        **_usage_charts(granularity=granularity, now=now, tenant_id=tenant.pk, daily=data, field="task_id",
+                        names=data["task_names"], specs=[
+                            ("chart_task_tokens", "total_tokens", "Tokens per {span}, by task", charts.compact,
+                             "bar"),
+                            ("chart_task_requests", "requests", "Requests per {span}, by task", charts.compact,
+                             "bar"),
+                        ]),
+        **_usage_charts(granularity=granularity, now=now, tenant_id=tenant.pk, daily=data, field="user_id",
+                        names=data["user_names"], specs=[
+                            ("chart_user_tokens", "total_tokens", "Tokens per {span}, top users", charts.compact,
+                             "line"),
+                        ]),
+    }
+
+
 @console_view
 def tenant_detail(request: HttpRequest, slug: str) -> HttpResponse:
     tenant = get_object_or_404(Tenant.objects.select_related("signup_ati_token"), slug=slug)
     if request.method == "POST":
-        return _override_post(request, tenant)
-    now = timezone.now()
-    data = selectors.tenant_detail(tenant=tenant, today=now.date(), now=now)
-    days, labels = data["days"], _labels(data["days"])
-    context = {
-        "section": "tenants",
-        "tenant": tenant,
-        "data": data,
-        "chart_task_tokens": charts.stacked_bar_chart(
-            labels, selectors.series_by(days, data["by_task"], "total_tokens", data["task_names"]),
-            title="Tokens per day, by task", y_label="tokens (in + out)"),
-        "chart_task_requests": charts.stacked_bar_chart(
-            labels, selectors.series_by(days, data["by_task"], "requests", data["task_names"]),
-            title="Requests per day, by task", y_label="requests"),
-        "chart_user_tokens": charts.line_chart(
-            labels, selectors.series_by(days, data["by_user"], "total_tokens", data["user_names"]),
-            title="Tokens per day, top users", y_label="tokens (in + out)"),
+        return _override_post(request, tenant=tenant,
+                              back=reverse("adminconsole:tenant", args=[tenant.slug]) + "#overrides")
+    context = _tenant_context(request, tenant)
+    context.update({
         "policy_keys": sorted(POLICY_KEYS.values(), key=lambda k: (k.kind.value, k.name)),
+        "quota_keys": sorted(k.name for k in POLICY_KEYS.values() if k.kind == KeyKind.QUOTA),
         "tasks": tasks_all(),
+        "tenant_users": User.objects.filter(tenant=tenant).order_by("username")[:500],
+        "weekdays": list(enumerate(selectors.WEEKDAY_NAMES)),
         "form": request.session.pop("override_form", None),
         "plans": Plan.objects.filter(is_active=True).order_by("code"),
-    }
+        "override_rows": _override_rows(selectors.overrides(tenant_id=tenant.pk)),
+    })
     return _page(request, "tenant_detail.html", context)
 
 
-def _override_post(request: HttpRequest, tenant: Tenant) -> HttpResponse:
-    url = reverse("adminconsole:tenant", args=[tenant.slug]) + "#overrides"
+@console_view
+def tenant_live(request: HttpRequest, slug: str) -> HttpResponse:
+    tenant = get_object_or_404(Tenant.objects.select_related("signup_ati_token"), slug=slug)
+    part = request.GET.get("part", "lead")
+    template = "_tenant_charts.html" if part == "charts" else "_tenant_lead.html"
+    return render(request, f"adminconsole/{template}", _tenant_context(request, tenant))
+
+
+# ------------------------------------------------------------------------------------------ overrides
+
+
+def _override_rows(rules) -> list[dict[str, Any]]:
+    return [{"rule": r, "window": selectors.rule_window_text(r), "condition": selectors.rule_condition_text(r),
+             "subject_tenant": r.tenant if r.tenant_id else r.user.tenant if r.user_id else None}
+            for r in rules]
+
+
+@console_view
+def overrides(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        back = request.POST.get("next", "")
+        return _override_post(request, tenant=None,
+                              back=back if back.startswith("/console/") else reverse("adminconsole:overrides"))
+    query = request.GET.get("q", "").strip()
+    active = request.GET.get("active", "")
+    page = Paginator(selectors.overrides(query=query, active=active), PAGE_SIZE).get_page(request.GET.get("page"))
+    params = request.GET.copy()
+    params.pop("page", None)
+    return _page(request, "overrides.html", {
+        "section": "overrides", "page": page, "rows": _override_rows(page), "q": query, "active": active,
+        "query": params.urlencode(),
+    })
+
+
+def _rule_where(rule_id: int, tenant: Tenant | None) -> dict[str, Any]:
+    """Which rules a console form may change: TENANT and USER rules (of this tenant, on its page)."""
+    rule = PolicyRule.objects.filter(pk=rule_id, scope__in=[PolicyRule.Scope.TENANT, PolicyRule.Scope.USER]).first()
+    if rule is None:
+        raise NotFound("No such rule.", code="rule_unknown")
+    if tenant is None:
+        return {"scope": rule.scope}
+    if rule.scope == PolicyRule.Scope.TENANT:
+        return {"scope": rule.scope, "tenant": tenant}
+    return {"scope": rule.scope, "user__tenant": tenant}
+
+
+def _override_post(request: HttpRequest, *, tenant: Tenant | None, back: str) -> HttpResponse:
+    actor, source = request.user, AuditSource.CONSOLE
     try:
-        if request.POST.get("delete"):
-            services.policy_rule_delete(rule_id=int(request.POST["delete"]), scope=PolicyRule.Scope.TENANT,
-                                        subject_id=tenant.pk, actor=request.user)
-            messages.success(request, "Override removed; the plan's rule applies again from the next call.")
-        elif request.POST.get("rule"):
-            rule = services.policy_rule_value_set(rule_id=int(request.POST["rule"]), scope=PolicyRule.Scope.TENANT,
-                                                  subject_id=tenant.pk, value=request.POST.get("value", ""),
-                                                  actor=request.user)
-            messages.success(request, f"Override {rule.key} is now {rule.value}, from the next call.")
-        else:
-            rule = services.tenant_override_set(
-                tenant=tenant, key=request.POST.get("key", ""), value=request.POST.get("value", ""),
-                task_code=request.POST.get("task") or None, note=request.POST.get("note", ""), actor=request.user,
-            )
-            messages.success(request, f"Override saved: {rule.key} = {rule.value} "
+        action = request.POST.get("action", "")
+        if action in ("delete", "deactivate", "activate", "value"):
+            rule_id = int(request.POST.get("rule", ""))
+            where = _rule_where(rule_id, tenant)
+            if action == "delete":
+                metering_services.policy_rule_delete(rule_id=rule_id, where=where, actor=actor, source=source)
+                messages.success(request, "Rule deleted; the less specific rule applies again from the next call.")
+            elif action == "deactivate":
+                rule = metering_services.policy_rule_deactivate(rule_id=rule_id, where=where, actor=actor,
+                                                                source=source)
+                messages.success(request, f"Rule {rule.key} switched off (kept, shown as inactive).")
+            elif action == "activate":
+                rule = metering_services.policy_rule_activate(rule_id=rule_id, where=where, actor=actor,
+                                                              source=source)
+                messages.success(request, f"Rule {rule.key} switched on again, from the next call.")
+            else:
+                rule = metering_services.policy_rule_update(
+                    rule_id=rule_id, changes={"value": services.parse_value(request.POST.get("value", ""))},
+                    where=where, actor=actor, source=source)
+                messages.success(request, f"Override {rule.key} is now {rule.value}, from the next call.")
+        elif tenant is not None and action == "create":
+            rule = _override_create(request, tenant)
+            scope = f"user {rule.user.username}" if rule.user_id else "tenant"
+            messages.success(request, f"Override saved ({scope}): {rule.key} = {rule.value} "
                                       f"({rule.task.code if rule.task_id else 'all tasks'}), from the next call.")
+        else:
+            raise ValueError("Unknown action.")
     except (GatewayError, ValueError) as exc:
         # Keep what was typed so the form shows it again next to the error.
-        request.session["override_form"] = {k: request.POST.get(k, "") for k in ("key", "value", "task", "note")}
+        request.session["override_form"] = {
+            **{k: request.POST.get(k, "") for k in OVERRIDE_FORM_FIELDS},
+            "weekdays": request.POST.getlist("weekdays"),
+        }
         messages.error(request, getattr(exc, "message", str(exc)))
-    return redirect(url)
+    return redirect(back)
+
+
+OVERRIDE_FORM_FIELDS = ("key", "value", "task", "note", "user", "start", "end", "timezone", "when_quota",
+                        "when_percent")
+
+
+def _form_time(raw: str, name: str) -> dt_time | None:
+    if not raw.strip():
+        return None
+    try:
+        return datetime.strptime(raw.strip(), "%H:%M").time()
+    except ValueError:
+        raise BadRequest(f"{name} takes a time as HH:MM (24-hour).", code="invalid_policy") from None
+
+
+def _override_create(request: HttpRequest, tenant: Tenant) -> PolicyRule:
+    post = request.POST
+    user = None
+    if post.get("user"):
+        user = User.objects.filter(tenant=tenant, username=post["user"]).first()
+        if user is None:
+            raise BadRequest(f"{tenant.slug} has no user '{post['user']}'.", code="user_unknown")
+    weekdays = sorted({int(d) for d in post.getlist("weekdays")}) or None
+    percent = post.get("when_percent", "").strip()
+    return metering_services.policy_rule_set(
+        scope=PolicyRule.Scope.USER if user else PolicyRule.Scope.TENANT, tenant=None if user else tenant,
+        user=user, task=services._task(post.get("task") or None), key=post.get("key", ""),
+        value=services.parse_value(post.get("value", "")), weekdays=weekdays,
+        start_time=_form_time(post.get("start", ""), "start"), end_time=_form_time(post.get("end", ""), "end"),
+        timezone_name=post.get("timezone", "").strip() or "UTC", when_quota_key=post.get("when_quota", ""),
+        when_usage_percent_gte=int(percent) if percent else None, note=post.get("note", ""), actor=request.user,
+        source=AuditSource.CONSOLE,
+    )
 
 
 # ----------------------------------------------------------------------------------------- plan changes

@@ -224,6 +224,8 @@ ALERT_ALLOW_PRIVATE_TARGETS = env.bool("ALERT_ALLOW_PRIVATE_TARGETS", default=no
 ALERT_EAGER_IN_BACKGROUND = env.bool("ALERT_EAGER_IN_BACKGROUND", default=True)
 ALERT_EAGER_MAX_WAIT_SECONDS = env.float("ALERT_EAGER_MAX_WAIT_SECONDS", default=120.0)
 NOTIFICATION_RETENTION_DAYS = env.int("NOTIFICATION_RETENTION_DAYS", default=90)
+# The console's live panels (overview, tenant, provider health) poll their fragment this often.
+CONSOLE_POLL_SECONDS = env.int("CONSOLE_POLL_SECONDS", default=10)
 
 # --- Auth, DRF, JWT -------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

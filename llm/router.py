@@ -102,18 +102,27 @@ def snapshot(models: Sequence[ModelInfo]) -> Snapshot:
             stale.append(m)
     if not stale:
         return result
-    keys = [_k(kind, m) for m in stale for kind in ("fail", "open", "ewma")]
-    values = cache.get_many(keys)
+    shared = shared_snapshot(stale)
     for m in stale:
+        result[_id(m)] = shared[_id(m)]
+        _remember(m, shared[_id(m)], now)
+    return result
+
+
+def shared_snapshot(models: Sequence[ModelInfo]) -> Snapshot:
+    """The state in the shared cache itself, past this process's memo, in one round trip: what every
+    router process acts on within ROUTER_STATE_TTL_SECONDS (the console's provider health reads this)."""
+    keys = [_k(kind, m) for m in models for kind in ("fail", "open", "ewma")]
+    values = cache.get_many(keys)
+    result: Snapshot = {}
+    for m in models:
         opened = values.get(_k("open", m))
         ewma = values.get(_k("ewma", m))
-        health = ModelHealth(
+        result[_id(m)] = ModelHealth(
             failures=int(values.get(_k("fail", m)) or 0),
             opened_at=float(opened) if opened is not None else None,
             ewma=float(ewma) if ewma is not None else None,
         )
-        result[_id(m)] = health
-        _remember(m, health, now)
     return result
 
 
