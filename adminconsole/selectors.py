@@ -399,3 +399,177 @@ def usage_report_rows(*, start: date, end: date, group_by: str, tenant_id: int |
     if group_by in ("tenant", "user", "model"):
         result.sort(key=lambda r: -r["cost_micro_usd"])
     return result
+
+
+# ---------------------------------------------------------------------------------- live: last 48 hours
+
+HOURLY_HOURS = 48
+
+
+def hour_range(now: datetime, hours: int = HOURLY_HOURS) -> list[datetime]:
+    """The last `hours` whole UTC hours, oldest first, the current (partial) hour last."""
+    end = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return [end - timedelta(hours=hours - 1 - i) for i in range(hours)]
+
+
+def hourly_by(*, start: datetime, field: str, tenant_id: int | None = None) -> dict[tuple[datetime, Any], dict]:
+    """Sums per (UTC hour, field) since `start`, counted as the daily rollup counts (refused calls apart).
+
+    Read from the ledger, not a rollup: DESIGN §3 allows indexed ledger ranges, and this is one — at
+    most 48 hours of `admitted_at` through the usagelog_time / usagelog_tenant_time indexes, grouped
+    by hour in the database so at most 48 rows per task or user come back. An hourly rollup would add
+    a second upsert to every settlement (the hot path) to save a bounded range read; the overview's
+    callers share one result per poll interval (`hourly_cached`) so polling consoles do not multiply it.
+    """
+    rows = UsageLog.objects.filter(admitted_at__gte=start)
+    if tenant_id is not None:
+        rows = rows.filter(tenant_id=tenant_id)
+    refused = Q(status=UsageLog.Status.REFUSED)
+    data = (rows.annotate(hour=TruncHour("admitted_at", tzinfo=UTC)).values("hour", field)
+            .annotate(requests=Count("id", filter=~refused), refused=Count("id", filter=refused),
+                      tokens_in=Sum("tokens_in"), tokens_out=Sum("tokens_out"), api_calls=Sum("api_calls"),
+                      cost_micro_usd=Sum("cost_micro_usd")).order_by())
+    return {(r["hour"], r[field]): _clean(r) for r in data}
+
+
+def hourly_cached(*, now: datetime, field: str, tenant_id: int | None = None,
+                  ttl: int = 10) -> tuple[list[datetime], dict[tuple[datetime, Any], dict]]:
+    """`hourly_by` over the last 48 hours, shared by every console process for `ttl` seconds."""
+    hours = hour_range(now)
+    key = f"console:hourly:{field}:{tenant_id or 'all'}:{int(now.timestamp()) // ttl}"
+    cells = cache.get(key)
+    if cells is None:
+        cells = hourly_by(start=hours[0], field=field, tenant_id=tenant_id)
+        cache.set(key, cells, ttl * 2)
+    return hours, cells
+
+
+# ------------------------------------------------------------------------------------ provider health
+
+HEALTH_WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24)}
+HEALTH_MAX_ROWS = 50_000
+
+
+@dataclass
+class ModelHealthRow:
+    provider: str
+    model_name: str
+    calls: int = 0
+    errors: int = 0
+    fallbacks: int = 0
+    latencies: list[int] | None = None
+    breaker: str = "closed"
+    breaker_failures: int = 0
+    active: bool = True
+
+    @property
+    def error_rate(self) -> float:
+        return round(self.errors * 100 / self.calls, 1) if self.calls else 0.0
+
+    def _percentile(self, q: float) -> int | None:
+        values = sorted(self.latencies or [])
+        if not values:
+            return None
+        # Nearest rank: a value a call actually took, never an interpolated one.
+        return values[max(0, math.ceil(q * len(values)) - 1)]
+
+    @property
+    def p50_ms(self) -> int | None:
+        return self._percentile(0.50)
+
+    @property
+    def p95_ms(self) -> int | None:
+        return self._percentile(0.95)
+
+
+def provider_health(*, now: datetime, window: str = "1h") -> dict[str, Any]:
+    """Per provider model over the window: provider calls (every attempt, failed ones included), errors,
+    error rate, p50/p95 latency of the successful calls, fallbacks (failed attempts the router moved on
+    from to another candidate), and the breaker state in the shared cache now.
+
+    Reads an indexed ledger range (usagelog_time), newest first and capped at HEALTH_MAX_ROWS calls: a
+    health panel wants the recent picture, not the whole day of a busy gateway."""
+    from catalog.selectors import provider_models_active
+    from llm import router
+
+    since = now - HEALTH_WINDOWS[window]
+    rows = list(
+        UsageLog.objects.filter(admitted_at__gte=since).exclude(status=UsageLog.Status.REFUSED)
+        .order_by("-admitted_at").values_list("provider", "model_name", "status", "latency_ms", "attempts")
+        [:HEALTH_MAX_ROWS]
+    )
+    stats: dict[tuple[str, str], ModelHealthRow] = {}
+
+    def row_for(provider: str, model: str) -> ModelHealthRow:
+        if (provider, model) not in stats:
+            stats[(provider, model)] = ModelHealthRow(provider=provider, model_name=model, latencies=[])
+        return stats[(provider, model)]
+
+    for provider, model, status, latency_ms, attempts in rows:
+        failed = [a for a in attempts or [] if a.get("model")]
+        final_failed = status == UsageLog.Status.ERROR and bool(failed)
+        for index, attempt in enumerate(failed):
+            entry = row_for(attempt.get("provider", ""), attempt["model"])
+            entry.calls += 1
+            entry.errors += 1
+            if not (final_failed and index == len(failed) - 1):
+                entry.fallbacks += 1  # another candidate was tried after this one
+        if not model or final_failed:
+            continue  # no provider reached, or the serving attempt is the last failed one counted above
+        entry = row_for(provider, model)
+        entry.calls += 1
+        if status == UsageLog.Status.ERROR:
+            entry.errors += 1
+        elif status == UsageLog.Status.SUCCESS:
+            entry.latencies.append(max(0, latency_ms - sum(int(a.get("latency_ms") or 0) for a in failed)))
+    models = provider_models_active()
+    shared = router.shared_snapshot(models)
+    clock = time.time()
+    for info in models:
+        entry = row_for(info.provider, info.model_name)
+        state = shared[(info.provider, info.model_name)].breaker(clock)
+        entry.breaker, entry.breaker_failures = state.state, state.failures
+    active = {(m.provider, m.model_name) for m in models}
+    for key, entry in stats.items():
+        entry.active = key in active
+    ordered = sorted(stats.values(), key=lambda r: ({"open": 0, "half_open": 1}.get(r.breaker, 2), -r.error_rate,
+                                                     r.provider, r.model_name))
+    return {"rows": ordered, "window": window, "since": since, "calls_read": len(rows),
+            "capped": len(rows) >= HEALTH_MAX_ROWS}
+
+
+# ------------------------------------------------------------------------------------------ overrides
+
+WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def overrides(*, tenant_id: int | None = None, query: str = "", active: str = "") -> QuerySet[PolicyRule]:
+    """TENANT rules and the USER rules of tenants' users, inactive ones included (shown as such)."""
+    rows = (PolicyRule.objects.filter(Q(scope=PolicyRule.Scope.TENANT) | Q(scope=PolicyRule.Scope.USER))
+            .select_related("tenant", "user__tenant", "task"))
+    if tenant_id is not None:
+        rows = rows.filter(Q(tenant_id=tenant_id) | Q(user__tenant_id=tenant_id))
+    if query:
+        rows = rows.filter(Q(tenant__slug__icontains=query) | Q(user__tenant__slug__icontains=query)
+                           | Q(user__username__icontains=query) | Q(key__icontains=query))
+    if active in ("yes", "no"):
+        rows = rows.filter(is_active=active == "yes")
+    return rows.order_by("-is_active", "scope", "key", "task__code", "pk")
+
+
+def rule_window_text(rule: PolicyRule) -> str:
+    """'Mon-Fri 09:00-18:00 Europe/Paris', or '' for a rule that always applies."""
+    if rule.weekdays is None and rule.start_time is None and rule.end_time is None:
+        return ""
+    days = ",".join(WEEKDAY_NAMES[d] for d in sorted(rule.weekdays)) if rule.weekdays else "every day"
+    if rule.weekdays and sorted(rule.weekdays) == [0, 1, 2, 3, 4]:
+        days = "Mon-Fri"
+    start = rule.start_time.strftime("%H:%M") if rule.start_time else "00:00"
+    end = rule.end_time.strftime("%H:%M") if rule.end_time else "24:00"
+    return f"{days} {start}-{end} {rule.timezone}"
+
+
+def rule_condition_text(rule: PolicyRule) -> str:
+    if not rule.when_quota_key:
+        return ""
+    return f"once {rule.when_quota_key} ≥ {rule.when_usage_percent_gte}%"
