@@ -16,6 +16,7 @@ CONSOLE_PAGES = [
     "/console/quota-requests/",
     "/console/audit/",
     "/console/reports/",
+    "/console/reconciliation/",
 ]
 
 
