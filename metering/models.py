@@ -78,6 +78,68 @@ class PolicyRule(models.Model):
         subject = self.plan or self.tenant or self.user or "*"
         return f"{self.scope}:{subject} {self.task or 'all tasks'} {self.key}={self.value}"
 
+    def clean(self) -> None:
+        """The row's rules, with a message per field: a known key, a value of the key's type (made
+        canonical here, e.g. USD as a string), the subject the scope names and no other, a sane time
+        window and usage condition. Run by `full_clean()`, which the policy-rule service (the only
+        writer: metering/services/policy_rules.py) and the admin forms call."""
+        import zoneinfo
+
+        from django.core.exceptions import ValidationError
+
+        from metering.policy_keys import POLICY_KEYS, KeyKind, PolicyValueError, get_key, validate_value
+
+        errors: dict[str, list[str]] = {}
+
+        def refuse(field: str, message: str) -> None:
+            errors.setdefault(field, []).append(message)
+
+        try:
+            get_key(self.key)
+        except PolicyValueError as exc:
+            refuse("key", str(exc))
+        else:
+            try:
+                self.value = validate_value(self.key, self.value)
+            except PolicyValueError as exc:
+                refuse("value", str(exc))
+        # An admin inline validates before its parent row is saved: the subject is then an unsaved
+        # object (no id yet), which still counts as named.
+        named = {"plan": self.plan_id is not None or self.plan is not None,
+                 "tenant": self.tenant_id is not None or self.tenant is not None,
+                 "user": self.user_id is not None or self.user is not None}
+        needed = {self.Scope.PLAN: "plan", self.Scope.TENANT: "tenant", self.Scope.USER: "user"}.get(self.scope)
+        if self.scope not in self.Scope.values:
+            refuse("scope", "scope must be GLOBAL, PLAN, TENANT or USER.")
+        else:
+            for field, is_named in named.items():
+                if field == needed and not is_named:
+                    refuse(field, f"A {self.scope} rule needs a {field}.")
+                elif field != needed and is_named:
+                    refuse(field, f"A {self.scope} rule names no {field}: clear this field or change the scope.")
+        if self.weekdays is not None:
+            if (not isinstance(self.weekdays, list) or not self.weekdays
+                    or any(isinstance(d, bool) or d not in range(7) for d in self.weekdays)):
+                refuse("weekdays", "weekdays are numbers 0 (Monday) to 6 (Sunday); leave empty for every day.")
+            else:
+                self.weekdays = sorted(set(self.weekdays))
+        if self.start_time is not None and self.start_time == self.end_time:
+            refuse("end_time", "The window is empty: start and end are the same time.")
+        try:
+            zoneinfo.ZoneInfo(self.timezone or "")
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            refuse("timezone", f"Unknown time zone '{self.timezone}'. Use an IANA name such as Europe/Berlin.")
+        if self.when_quota_key:
+            quota = POLICY_KEYS.get(self.when_quota_key)
+            if quota is None or quota.kind != KeyKind.QUOTA:
+                refuse("when_quota_key", f"'{self.when_quota_key}' is not a quota key; a condition must name one.")
+            if self.when_usage_percent_gte is None or not (0 < self.when_usage_percent_gte <= 100):
+                refuse("when_usage_percent_gte", "A usage condition needs a percentage between 1 and 100 (the % of the quota used).")
+        elif self.when_usage_percent_gte is not None:
+            refuse("when_quota_key", "A usage percentage needs the quota key it is a percentage of.")
+        if errors:
+            raise ValidationError(errors)
+
 
 class Metric(models.TextChoices):
     TOKENS = "TOKENS", "Tokens"
