@@ -7,7 +7,7 @@ the policy key registry (400 with the registry's message).
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 
 from adminconsole import services
 from adminconsole.models import QuotaRequest
+from gateway_project.pagination import PageNumberPagination, paginated
 from tenants.permissions import IsTenantAdmin
 from tenants.selectors import TenantContext
 
@@ -39,6 +40,8 @@ class QuotaRequestsApi(APIView):
         wanted_value = serializers.JSONField()
         reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
+    @extend_schema(parameters=[OpenApiParameter("page", int, description="Page number, from 1.")],
+                   responses=paginated(QuotaRequestSerializer, "QuotaRequestPage"))
     def get(self, request: Request) -> Response:
         from gateway_project.pagination import PageNumberPagination
 
@@ -49,7 +52,7 @@ class QuotaRequestsApi(APIView):
         page = paginator.paginate_queryset(rows, request, view=self)
         return paginator.get_paginated_response(QuotaRequestSerializer(page, many=True).data)
 
-    @extend_schema(request=InputSerializer, responses=QuotaRequestSerializer)
+    @extend_schema(request=InputSerializer, responses={201: QuotaRequestSerializer})
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

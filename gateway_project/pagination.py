@@ -20,3 +20,13 @@ class PageNumberPagination(pagination.PageNumberPagination):
         if not _PAGE.fullmatch(raw) or int(raw) < 1:
             raise serializers.ValidationError({self.page_query_param: ["A page number is a whole number from 1."]})
         return int(raw)
+
+
+def paginated(item: type[serializers.Serializer], name: str) -> serializers.Serializer:
+    """The OpenAPI shape of a page of `item` rows as `PageNumberPagination` answers it."""
+    return type(name, (serializers.Serializer,), {
+        "count": serializers.IntegerField(),
+        "next": serializers.URLField(allow_null=True),
+        "previous": serializers.URLField(allow_null=True),
+        "results": item(many=True),
+    })()

@@ -71,6 +71,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "catalog",
     "tenants",
     "metering",
@@ -242,7 +243,7 @@ REST_FRAMEWORK = {
     # A strict JSON parser: deep nesting, lone surrogates, NULs and 1e400 are 400s, not 500s further in.
     "DEFAULT_PARSER_CLASSES": ["gateway_project.parsers.JSONParser", "gateway_project.parsers.FormParser",
                                "rest_framework.parsers.MultiPartParser"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "gateway_project.openapi.GatewayAutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": None,
@@ -276,6 +277,17 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Multi-tenant LLM gateway: identity, policy, metering and LLM calls.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # 3.1: nullable types and constants as JSON Schema writes them (the /v1 bodies use both).
+    "OAS_VERSION": "3.1.0",
+    # Swagger UI from the gateway's own static files (drf-spectacular-sidecar): no CDN, works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # The /v1 endpoints are plain async views (the SDK-facing fast path), not DRF: described by hand.
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                             "gateway_project.openapi.add_error_responses",
+                             "gateway_project.openapi.add_v1_paths"],
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # --- Gateway --------------------------------------------------------------------

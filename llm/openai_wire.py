@@ -100,7 +100,7 @@ def _check_messages(messages: Any) -> list[dict[str, Any]]:
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty list.", code="invalid_messages")
     for message in messages:
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or message["role"] not in ROLES:
             raise BadRequest("Each message needs a 'role' of system, user, assistant, developer or tool.",
                              code="invalid_messages")
         content = message.get("content", "")

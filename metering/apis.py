@@ -10,16 +10,20 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from gateway_project.pagination import PageNumberPagination
+from gateway_project.pagination import paginated
 from metering import selectors
+from metering import serializers as shapes
 from metering.models import UsageLog
 
 
 class LimitsApi(APIView):
+    @extend_schema(responses=shapes.LimitsSerializer)
     def get(self, request: Request) -> Response:
         return Response({"limits": selectors.limits_for_caller(context=request.auth, now=timezone.now())})
 
 
 class QuotaApi(APIView):
+    @extend_schema(responses=shapes.QuotaSerializer)
     def get(self, request: Request) -> Response:
         return Response({"meters": selectors.quota_for_caller(context=request.auth, now=timezone.now())})
 
@@ -43,7 +47,7 @@ class UsageFilterSerializer(serializers.Serializer):
 
 
 class UsageApi(APIView):
-    @extend_schema(parameters=[UsageFilterSerializer])
+    @extend_schema(parameters=[UsageFilterSerializer], responses=shapes.UsageSerializer)
     def get(self, request: Request) -> Response:
         data = UsageFilterSerializer(data=request.query_params.dict())
         data.is_valid(raise_exception=True)
@@ -70,7 +74,8 @@ class UsageLogSerializer(serializers.ModelSerializer):
 
 
 class UsageLogsApi(APIView):
-    @extend_schema(parameters=[OpenApiParameter("page", int, description="Page number, from 1.")])
+    @extend_schema(parameters=[OpenApiParameter("page", int, description="Page number, from 1.")],
+                   responses=paginated(UsageLogSerializer, "UsageLogPage"))
     def get(self, request: Request) -> Response:
         paginator = PageNumberPagination()
         page = paginator.paginate_queryset(selectors.usage_logs_page(context=request.auth), request, view=self)

@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from gateway_project.errors import NotFound
-from gateway_project.pagination import PageNumberPagination
+from gateway_project.pagination import PageNumberPagination, paginated
 from metering.alerts import selectors, services
 from metering.models import AlertChannel, AlertDelivery, Notification
 from tenants.permissions import IsTenantAdmin
@@ -41,8 +41,34 @@ class NotificationSerializer(serializers.ModelSerializer):
         return obj.read_at is not None
 
 
+class AlertChannelSerializer(serializers.Serializer):
+    """The shape `channel_payload` answers (a response shape only: the OpenAPI schema's body)."""
+
+    id = serializers.IntegerField()
+    kind = serializers.CharField()
+    name = serializers.CharField()
+    target = serializers.CharField(allow_blank=True)
+    is_active = serializers.BooleanField()
+    consecutive_failures = serializers.IntegerField()
+    disabled_reason = serializers.CharField(allow_blank=True)
+    disabled_at = serializers.DateTimeField(allow_null=True)
+    has_secret = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    secret = serializers.CharField(required=False, help_text="Only when created or rotated: shown once.")
+
+
+class AlertChannelListSerializer(serializers.Serializer):
+    results = AlertChannelSerializer(many=True)
+
+
+class MarkedReadSerializer(serializers.Serializer):
+    marked_read = serializers.IntegerField()
+
+
 class NotificationListApi(APIView):
-    @extend_schema(parameters=[OpenApiParameter("unread", bool, description="Only unread notifications."), PAGE])
+    @extend_schema(parameters=[OpenApiParameter("unread", bool, description="Only unread notifications."), PAGE],
+                   responses=paginated(NotificationSerializer, "NotificationPage"))
     def get(self, request: Request) -> Response:
         unread = request.query_params.get("unread", "").lower() in TRUE_VALUES
         rows = selectors.notifications_for_user(user_id=request.auth.user_id, tenant_id=request.auth.tenant_id,
@@ -53,7 +79,7 @@ class NotificationListApi(APIView):
 
 
 class NotificationReadApi(APIView):
-    @extend_schema(request=None)
+    @extend_schema(request=None, responses=NotificationSerializer)
     def post(self, request: Request, notification_id: int) -> Response:
         notification = services.notification_mark_read(user_id=request.auth.user_id,
                                                        tenant_id=request.auth.tenant_id,
@@ -62,7 +88,7 @@ class NotificationReadApi(APIView):
 
 
 class NotificationReadAllApi(APIView):
-    @extend_schema(request=None)
+    @extend_schema(request=None, responses=MarkedReadSerializer)
     def post(self, request: Request) -> Response:
         count = services.notifications_mark_all_read(user_id=request.auth.user_id, tenant_id=request.auth.tenant_id)
         return Response({"marked_read": count})
@@ -98,11 +124,12 @@ class AlertChannelListApi(APIView):
         name = serializers.CharField(max_length=100)
         target = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
+    @extend_schema(responses=AlertChannelListSerializer)
     def get(self, request: Request) -> Response:
         channels = selectors.alert_channels_for_tenant(tenant_id=request.auth.tenant_id)
         return Response({"results": [channel_payload(c) for c in channels]})
 
-    @extend_schema(request=InputSerializer)
+    @extend_schema(request=InputSerializer, responses={201: AlertChannelSerializer})
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -125,10 +152,11 @@ class AlertChannelDetailApi(APIView):
         target = serializers.CharField(max_length=2000, required=False, allow_blank=True)
         is_active = serializers.BooleanField(required=False)
 
+    @extend_schema(responses=AlertChannelSerializer)
     def get(self, request: Request, channel_id: int) -> Response:
         return Response(channel_payload(_channel(request, channel_id)))
 
-    @extend_schema(request=UpdateSerializer)
+    @extend_schema(request=UpdateSerializer, responses=AlertChannelSerializer)
     def patch(self, request: Request, channel_id: int) -> Response:
         channel = _channel(request, channel_id)
         data = self.UpdateSerializer(data=request.data)
@@ -136,6 +164,7 @@ class AlertChannelDetailApi(APIView):
         channel = services.alert_channel_update(channel=channel, **data.validated_data)
         return Response(channel_payload(channel))
 
+    @extend_schema(responses={204: None})
     def delete(self, request: Request, channel_id: int) -> Response:
         services.alert_channel_delete(channel=_channel(request, channel_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -144,7 +173,7 @@ class AlertChannelDetailApi(APIView):
 class AlertChannelRotateSecretApi(APIView):
     permission_classes = [IsTenantAdmin]
 
-    @extend_schema(request=None)
+    @extend_schema(request=None, responses=AlertChannelSerializer)
     def post(self, request: Request, channel_id: int) -> Response:
         channel = _channel(request, channel_id)
         secret = services.alert_channel_secret_rotate(channel=channel)
@@ -164,7 +193,7 @@ class AlertDeliverySerializer(serializers.ModelSerializer):
 class AlertChannelDeliveriesApi(APIView):
     permission_classes = [IsTenantAdmin]
 
-    @extend_schema(parameters=[PAGE])
+    @extend_schema(parameters=[PAGE], responses=paginated(AlertDeliverySerializer, "AlertDeliveryPage"))
     def get(self, request: Request, channel_id: int) -> Response:
         channel = _channel(request, channel_id)
         paginator = PageNumberPagination()

@@ -13,6 +13,7 @@ from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from gateway_project.errors import AuthenticationFailed, BadRequest, Forbidden, NotFound
+from tenants import serializers as shapes
 from tenants import services
 from tenants.audit import AuditSource
 from tenants.authentication import context_from_token
@@ -44,7 +45,7 @@ class SignupApi(APIView):
         email = serializers.EmailField()
         password = serializers.CharField(max_length=128, write_only=True)
 
-    @extend_schema(request=InputSerializer)
+    @extend_schema(request=InputSerializer, responses={201: shapes.SignupResultSerializer})
     def post(self, request: Request) -> Response:
         address = client_address(request)
         signup_lockout_check(address=address)
@@ -78,7 +79,7 @@ class TokenObtainApi(APIView):
         username = serializers.CharField(max_length=150)
         password = serializers.CharField(max_length=128, write_only=True)
 
-    @extend_schema(request=InputSerializer)
+    @extend_schema(request=InputSerializer, responses=shapes.TokenPairSerializer)
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -106,7 +107,7 @@ class TokenRefreshApi(APIView):
     class InputSerializer(serializers.Serializer):
         refresh = serializers.CharField()
 
-    @extend_schema(request=InputSerializer)
+    @extend_schema(request=InputSerializer, responses=shapes.AccessTokenSerializer)
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -132,6 +133,7 @@ def _user_payload(user: User) -> dict:
 
 
 class MeApi(APIView):
+    @extend_schema(responses=shapes.MeSerializer)
     def get(self, request: Request) -> Response:
         context: TenantContext = request.auth
         return Response(
@@ -152,7 +154,7 @@ class MePasswordApi(APIView):
         current_password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
         new_password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
 
-    @extend_schema(request=InputSerializer)
+    @extend_schema(request=InputSerializer, responses=shapes.TokenPairSerializer)
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -175,6 +177,7 @@ class MePasswordApi(APIView):
 class MeSessionsRevokeApi(APIView):
     """Sign out everywhere: every token of the caller, this one included, stops working."""
 
+    @extend_schema(request=None, responses={204: None})
     def post(self, request: Request) -> Response:
         services.user_sessions_revoke(user=request.auth.user, actor=request.auth.user, source=AuditSource.API)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -189,10 +192,11 @@ class TenantUserListApi(APIView):
         password = serializers.CharField(max_length=128, write_only=True)
         role = serializers.ChoiceField(choices=User.Role.values, default=User.Role.MEMBER)
 
+    @extend_schema(responses=shapes.UserListSerializer)
     def get(self, request: Request) -> Response:
         return Response({"results": [_user_payload(u) for u in tenant_users_list(tenant_id=request.auth.tenant_id)]})
 
-    @extend_schema(request=InputSerializer)
+    @extend_schema(request=InputSerializer, responses={201: shapes.UserSerializer})
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -215,10 +219,11 @@ class TenantUserDetailApi(APIView):
             raise NotFound("No such user.", code="user_not_found")
         return user
 
+    @extend_schema(responses=shapes.UserSerializer)
     def get(self, request: Request, user_id: int) -> Response:
         return Response(_user_payload(self._get(request, user_id)))
 
-    @extend_schema(request=UpdateSerializer)
+    @extend_schema(request=UpdateSerializer, responses=shapes.UserSerializer)
     def patch(self, request: Request, user_id: int) -> Response:
         user = self._get(request, user_id)
         data = self.UpdateSerializer(data=request.data)
@@ -226,6 +231,7 @@ class TenantUserDetailApi(APIView):
         user = services.user_update(user=user, actor=request.auth.user, **data.validated_data)
         return Response(_user_payload(user))
 
+    @extend_schema(responses={204: None})
     def delete(self, request: Request, user_id: int) -> Response:
         services.user_deactivate(user=self._get(request, user_id), actor=request.auth.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -236,6 +242,7 @@ class TenantUserSessionsRevokeApi(APIView):
 
     permission_classes = [IsTenantAdmin]
 
+    @extend_schema(request=None, responses={204: None})
     def post(self, request: Request, user_id: int) -> Response:
         user = tenant_user_get(tenant_id=request.auth.tenant_id, user_id=user_id)
         if user is None:  # another tenant's user is indistinguishable from no user
