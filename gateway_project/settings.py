@@ -175,6 +175,14 @@ else:
         }
     }
 IDENTITY_CACHE_SECONDS = env.int("IDENTITY_CACHE_SECONDS", default=60)
+# External identity (optional): JWTs of the product's own identity service, mapped to users like
+# the gateway's own tokens (tenants/external_jwt.py). Off unless an issuer and a key source are set.
+EXTERNAL_JWT_ISSUER = env.str("EXTERNAL_JWT_ISSUER", default="")
+EXTERNAL_JWT_AUDIENCE = env.str("EXTERNAL_JWT_AUDIENCE", default="")
+EXTERNAL_JWT_JWKS_URL = env.str("EXTERNAL_JWT_JWKS_URL", default="")
+EXTERNAL_JWT_HS256_SECRET = env.str("EXTERNAL_JWT_HS256_SECRET", default="")
+EXTERNAL_JWT_JWKS_CACHE_SECONDS = env.int("EXTERNAL_JWT_JWKS_CACHE_SECONDS", default=300)
+EXTERNAL_JWT_LEEWAY_SECONDS = env.int("EXTERNAL_JWT_LEEWAY_SECONDS", default=30)
 
 # --- Celery ---------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or REDIS_URL or "memory://"

@@ -39,7 +39,7 @@ from gateway_project.errors import (
     internal_error_payload,
 )
 from llm import gateway, openai_wire
-from llm.auth import authenticate
+from llm.auth import authenticate_request
 from llm.db import db_step
 
 logger = logging.getLogger("gateway.llm.api")
@@ -87,7 +87,7 @@ async def _task_exists(task_code: str) -> bool:
 
 
 async def _chat(headers: Mapping[str, str], body: bytes, task_code: str) -> ApiResponse:
-    context = await authenticate(headers.get("authorization", ""))
+    context = await authenticate_request(headers)
     if not await _task_exists(task_code):
         raise NotFound(f"Unknown task '{task_code}'.", code="task_not_found")
     result = await gateway.chat_request(context=context, task_code=task_code, body=openai_wire.json_body(body),
@@ -128,7 +128,7 @@ def _catalog_for(plan_id: int) -> tuple[PlanEntitlements, list[ModelInfo]]:
 
 
 async def _models(headers: Mapping[str, str], task_code: str) -> ApiResponse:
-    context = await authenticate(headers.get("authorization", ""))
+    context = await authenticate_request(headers)
     if not await _task_exists(task_code):
         raise NotFound(f"Unknown task '{task_code}'.", code="task_not_found")
     entitlements, models = plan_entitlements_cached(context.plan_id), provider_models_cached()

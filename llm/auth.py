@@ -1,4 +1,7 @@
-"""Bearer-JWT identity for the async (non-DRF) metered endpoints; same checks as the DRF API.
+"""Identity for the async (non-DRF) metered endpoints; same credentials and checks as the DRF API
+(tenants/authentication.py: a Bearer JWT, or an API key as Bearer or in x-api-key).
+
+`authenticate_request` is the one entry the /v1 views use.
 
 Both steps are cheap on a hit and run on the event loop: the token's signature is verified once
 per token string (a bounded LRU of verified claims; expiry is checked on every call), and the
@@ -10,9 +13,11 @@ change or "sign out everywhere" ends the token on its next call at the cost of a
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 
 from django.http import HttpRequest
 from rest_framework_simplejwt.exceptions import TokenError
@@ -20,8 +25,9 @@ from rest_framework_simplejwt.tokens import AccessToken
 
 from gateway_project.errors import AuthenticationFailed
 from llm.db import db_step
-from tenants.authentication import identity_claims, session_check, session_claim
-from tenants.selectors import TenantContext, identity_cached, identity_resolve
+from tenants import external_jwt
+from tenants.authentication import credential, identity_claims, session_check, session_claim
+from tenants.selectors import TenantContext, api_key_cached, api_key_resolve, identity_cached, identity_resolve
 
 TOKEN_MEMO_MAX = 4096
 
@@ -40,11 +46,47 @@ def token_memo_clear() -> None:
         _verified.clear()
 
 
-def _claims(raw: str) -> tuple[int, int | None, str | None, object]:
+def _remember(raw: str, entry: tuple) -> None:
+    with _lock:
+        _verified[raw] = entry
+        if len(_verified) > TOKEN_MEMO_MAX:
+            _verified.popitem(last=False)
+
+
+def _memo(raw: str) -> tuple | None:
     with _lock:
         entry = _verified.get(raw)
         if entry is not None:
             _verified.move_to_end(raw)
+    return entry
+
+
+def _unexpired(raw: str, entry: tuple) -> tuple:
+    if entry[0] <= time.time():
+        with _lock:
+            _verified.pop(raw, None)
+        raise _invalid()
+    return entry[1:]
+
+
+def _external_entry(raw: str) -> tuple:
+    claims = external_jwt.external_claims(raw)
+    # No session version: the identity service owns its sessions (None skips the comparison).
+    return (float(claims["exp"]) + external_jwt.settings.EXTERNAL_JWT_LEEWAY_SECONDS,
+            *external_jwt.external_identity_claims(claims), None)
+
+
+async def _external_claims(raw: str) -> tuple[int, int | None, str | None, object]:
+    entry = _memo(raw)
+    if entry is None:
+        # Off the loop: a key miss fetches the identity service's JWKS.
+        entry = await asyncio.to_thread(_external_entry, raw)
+        _remember(raw, entry)
+    return _unexpired(raw, entry)
+
+
+def _claims(raw: str) -> tuple[int, int | None, str | None, object]:
+    entry = _memo(raw)
     if entry is None:
         try:
             token = AccessToken(raw)
@@ -52,10 +94,7 @@ def _claims(raw: str) -> tuple[int, int | None, str | None, object]:
             raise _invalid() from None
         leeway = token.get_token_backend().get_leeway().total_seconds()
         entry = (float(token["exp"]) + leeway, *identity_claims(token), session_claim(token))
-        with _lock:
-            _verified[raw] = entry
-            if len(_verified) > TOKEN_MEMO_MAX:
-                _verified.popitem(last=False)
+        _remember(raw, entry)
     if entry[0] <= time.time():  # what simplejwt's check_exp decides: exp <= now - leeway
         with _lock:
             _verified.pop(raw, None)
@@ -63,19 +102,31 @@ def _claims(raw: str) -> tuple[int, int | None, str | None, object]:
     return entry[1:]
 
 
-async def authenticate(authorization: str) -> TenantContext:
-    """The caller's identity from an `Authorization` header value."""
-    scheme, _, raw = authorization.partition(" ")
-    raw = raw.strip()
-    if scheme.lower() != "bearer" or not raw:
-        raise AuthenticationFailed("Send an access token as 'Authorization: Bearer <token>'.",
-                                   code="not_authenticated")
-    user_id, tenant_id, ati_id, session_version = _claims(raw)
+async def authenticate_request(request: HttpRequest | Mapping[str, str]) -> TenantContext:
+    """The caller's identity from a request (or its headers, looked up by lower-case name):
+    `Authorization: Bearer <jwt | gw_live_ key>` or `x-api-key: <gw_live_ key>`, with
+    `X-Gateway-User` for a service key. One shared-cache round trip on a hit."""
+    headers = request.headers if isinstance(request, HttpRequest) else request
+    found = credential(headers)
+    if found is None:
+        raise AuthenticationFailed("Send an access token as 'Authorization: Bearer <token>' or an API key "
+                                   "(Bearer or x-api-key).", code="not_authenticated")
+    if found.kind == "key":
+        context = api_key_cached(public_id=found.public_id, secret=found.raw, acting=found.acting)
+        if context is None:
+            context = await db_step(api_key_resolve)(public_id=found.public_id, secret=found.raw,
+                                                     acting=found.acting)
+        return context
+    if found.kind == "external":
+        user_id, tenant_id, ati_id, session_version = await _external_claims(found.raw)
+    else:
+        user_id, tenant_id, ati_id, session_version = _claims(found.raw)
     context = identity_cached(user_id=user_id, tenant_id=tenant_id, ati_id=ati_id)
     if context is None:
         context = await db_step(identity_resolve)(user_id=user_id, tenant_id=tenant_id, ati_id=ati_id)
-    return session_check(context, session_version)
+    return context if session_version is None else session_check(context, session_version)
 
 
-async def authenticate_request(request: HttpRequest) -> TenantContext:
-    return await authenticate(request.headers.get("Authorization", ""))
+async def authenticate(authorization: str) -> TenantContext:
+    """The caller's identity from an `Authorization` header value alone."""
+    return await authenticate_request({"authorization": authorization})

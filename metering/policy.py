@@ -367,6 +367,14 @@ def policy_evaluate(
         return EnforcementDecision.refuse(
             "task_not_in_plan", f"The {context.plan_code} plan does not include task {task.code}.", 403, task
         )
+    api_key = context.api_key
+    if api_key is not None and api_key.allowed_tasks and task.code not in api_key.allowed_tasks:
+        return EnforcementDecision.refuse(
+            "task_not_allowed_for_key",
+            f"The API key '{api_key.name}' may not call {task.code}; it is limited to "
+            f"{', '.join(api_key.allowed_tasks)}.", 403, task)
+    if api_key is not None and api_key.allowed_model_classes:  # the key narrows what the plan allows
+        plan_classes = [c for c in plan_classes if c in api_key.allowed_model_classes]
     resolved = _resolve(_load_rules(context), context, task, now, usage_unavailable)
     narrowed = resolved.per_request.get("allowed_model_classes")
     allowed = [c for c in plan_classes if (narrowed is None or c in narrowed.value)

@@ -17,7 +17,7 @@ from tenants import serializers as shapes
 from tenants import services
 from tenants.audit import AuditSource
 from tenants.authentication import context_from_token
-from tenants.models import User
+from tenants.models import PERSON_ROLES, User
 from tenants.permissions import IsTenantAdmin
 from tenants.selectors import TenantContext, identity_resolve, tenant_user_get, tenant_users_list, username_exists
 from tenants.throttling import (
@@ -190,7 +190,7 @@ class TenantUserListApi(APIView):
         username = serializers.CharField(max_length=150)
         email = serializers.EmailField()
         password = serializers.CharField(max_length=128, write_only=True)
-        role = serializers.ChoiceField(choices=User.Role.values, default=User.Role.MEMBER)
+        role = serializers.ChoiceField(choices=PERSON_ROLES, default=User.Role.MEMBER)
 
     @extend_schema(responses=shapes.UserListSerializer)
     def get(self, request: Request) -> Response:
@@ -209,7 +209,7 @@ class TenantUserDetailApi(APIView):
 
     class UpdateSerializer(serializers.Serializer):
         email = serializers.EmailField(required=False)
-        role = serializers.ChoiceField(choices=User.Role.values, required=False)
+        role = serializers.ChoiceField(choices=PERSON_ROLES, required=False)
         is_active = serializers.BooleanField(required=False)
         password = serializers.CharField(max_length=128, write_only=True, required=False)
 

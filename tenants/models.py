@@ -93,6 +93,9 @@ class User(AbstractUser):
     class Role(models.TextChoices):
         ADMIN = "ADMIN", "Tenant admin"
         MEMBER = "MEMBER", "Member"
+        # The account a tenant's service keys act as when a request names no user (one per tenant,
+        # no password: it cannot sign in). Limits and the ledger see it as one more user.
+        SERVICE = "SERVICE", "Service account"
 
     tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="users")
     role = models.CharField(max_length=8, choices=Role.choices, default=Role.MEMBER)
@@ -151,6 +154,69 @@ class User(AbstractUser):
                     kwargs["update_fields"] = {*update_fields, "session_version"}
         self._sessions_end_on_save = False
         super().save(*args, **kwargs)
+
+
+# The roles people are given (the service account is made by the key services only).
+PERSON_ROLES = (User.Role.ADMIN.value, User.Role.MEMBER.value)
+
+API_KEY_PREFIX = "gw_live_"
+
+
+class ApiKey(models.Model):
+    """A long-lived credential of a tenant: a user key acts as its user, a service key (no user) as the
+    tenant's service, which may name the acting user per request (X-Gateway-User).
+
+    The secret is shown once; only its SHA-256 is kept (it carries 256 random bits, so a plain hash
+    cannot be brute-forced and allows an indexed lookup, as for ATI tokens). `public_id` is the part
+    of the key after the prefix that finds the row; the prefix lets logs and secret scanners spot keys.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    user = models.ForeignKey(
+        "User", null=True, blank=True, on_delete=models.CASCADE, related_name="api_keys",
+        help_text="Empty = a service key (acts as the tenant's service, may name the acting user).",
+    )
+    name = models.CharField(max_length=100)
+    public_id = models.CharField(max_length=16, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    allowed_tasks = models.JSONField(default=list, blank=True, help_text="Task codes; empty = every task.")
+    allowed_model_classes = models.JSONField(
+        default=list, blank=True, help_text="Model class codes; empty = every class the plan allows.")
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False,
+                                        help_text="Updated when the key's identity is (re)resolved, not per call.")
+    created_by = models.ForeignKey("User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "API key"
+        indexes = [models.Index(fields=["tenant", "created_at"], name="apikey_tenant_created")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def prefix(self) -> str:
+        return API_KEY_PREFIX + self.public_id
+
+    @property
+    def is_service(self) -> bool:
+        return self.user_id is None
+
+    @staticmethod
+    def hash_secret(secret: str) -> str:
+        return hashlib.sha256(secret.encode()).hexdigest()
+
+    def is_expired(self, now=None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
+    @property
+    def status(self) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.is_expired() else "active"
 
 
 # The audit log's model is defined with its service in tenants/audit.py; imported here so the app registers it.

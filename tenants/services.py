@@ -15,7 +15,7 @@ from django.utils.text import slugify
 from catalog.models import Plan
 from gateway_project.errors import BadRequest, Conflict, NotFound
 from tenants.audit import AuditSource, audit_record
-from tenants.models import ATIToken, EnforcementMode, Tenant, User
+from tenants.models import API_KEY_PREFIX, PERSON_ROLES, ApiKey, ATIToken, EnforcementMode, Tenant, User
 from tenants.selectors import identity_cache_invalidate
 
 ATI_SECRET_PREFIX = "ati_secret_"
@@ -119,8 +119,8 @@ def tenant_signup(
 
 
 def _user_create(*, tenant: Tenant, username: str, email: str, password: str, role: str) -> User:
-    if role not in User.Role.values:
-        raise BadRequest(f"role must be one of {', '.join(User.Role.values)}.", code="invalid_role")
+    if role not in PERSON_ROLES:
+        raise BadRequest(f"role must be one of {', '.join(PERSON_ROLES)}.", code="invalid_role")
     _check_username_free(username)
     user = User(username=username, email=email, tenant=tenant, role=role)
     _validate_password(password, user)
@@ -148,8 +148,8 @@ def user_update(
     is_active: bool | None = None,
     password: str | None = None,
 ) -> User:
-    if role is not None and role not in User.Role.values:
-        raise BadRequest(f"role must be one of {', '.join(User.Role.values)}.", code="invalid_role")
+    if role is not None and role not in PERSON_ROLES:
+        raise BadRequest(f"role must be one of {', '.join(PERSON_ROLES)}.", code="invalid_role")
     losing_admin = (role is not None and role != User.Role.ADMIN) or is_active is False
     if losing_admin and user.role == User.Role.ADMIN:
         if user.pk == actor.pk:
@@ -281,3 +281,111 @@ def ati_token_retier(*, ati_id: str, plan_code: str, actor: User | None = None, 
         tenant_id = token.tenant_id
         transaction.on_commit(lambda: identity_cache_invalidate(tenant_id=tenant_id))
     return token
+
+
+# --- API keys ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssuedApiKey:
+    api_key: ApiKey
+    secret: str  # the whole key, shown once, never stored
+
+
+def _new_key_secret() -> tuple[str, str, str]:
+    """(public id, full key, hash of its secret part)."""
+    public_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    return public_id, f"{API_KEY_PREFIX}{public_id}_{secret}", ApiKey.hash_secret(secret)
+
+
+def _key_snapshot(key: ApiKey) -> dict:
+    return {"name": key.name, "prefix": key.prefix, "user": key.user.username if key.user_id else None,
+            "allowed_tasks": key.allowed_tasks, "allowed_model_classes": key.allowed_model_classes,
+            "expires_at": key.expires_at, "revoked_at": key.revoked_at}
+
+
+def _service_account_ensure(tenant: Tenant) -> User:
+    """The tenant's service account: the user a service key acts as when a request names none."""
+    existing = User.objects.select_for_update().filter(tenant=tenant, role=User.Role.SERVICE).order_by("pk").first()
+    if existing is not None:
+        return existing
+    base = f"{tenant.slug}.service"[:140]
+    username, n = base, 2
+    while User.objects.filter(username__iexact=username).exists():
+        username, n = f"{base}-{n}", n + 1
+    user = User(username=username, tenant=tenant, role=User.Role.SERVICE)
+    user.set_unusable_password()
+    user.save()
+    return user
+
+
+def _validate_key_limits(*, tenant: Tenant, allowed_tasks: list[str], allowed_model_classes: list[str]) -> None:
+    from catalog.models import ModelClass, Task
+
+    unknown = sorted(set(allowed_tasks) - set(Task.objects.filter(code__in=allowed_tasks).values_list("code", flat=True)))
+    if unknown:
+        raise BadRequest(f"Unknown tasks: {', '.join(unknown)}.", code="invalid_api_key")
+    unknown = sorted(set(allowed_model_classes)
+                     - set(ModelClass.objects.filter(code__in=allowed_model_classes).values_list("code", flat=True)))
+    if unknown:
+        raise BadRequest(f"Unknown model classes: {', '.join(unknown)}.", code="invalid_api_key")
+
+
+@transaction.atomic
+def api_key_create(
+    *, tenant: Tenant, name: str, user: User | None = None, allowed_tasks: list[str] | None = None,
+    allowed_model_classes: list[str] | None = None, expires_at=None, actor: User | None = None,
+    source: str | None = None,
+) -> IssuedApiKey:
+    """A user key (acts as `user`) or, with no user, a service key. The key is in the answer only."""
+    name = (name or "").strip()
+    if not name or len(name) > 100:
+        raise BadRequest("A key name of 1 to 100 characters is required.", code="invalid_api_key")
+    if user is not None and (user.tenant_id != tenant.pk or not user.is_active or user.role == User.Role.SERVICE):
+        raise BadRequest("A user key needs an active user of the same tenant.", code="invalid_api_key")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise BadRequest("expires_at must be in the future.", code="invalid_api_key")
+    allowed_tasks, allowed_model_classes = list(allowed_tasks or []), list(allowed_model_classes or [])
+    _validate_key_limits(tenant=tenant, allowed_tasks=allowed_tasks, allowed_model_classes=allowed_model_classes)
+    if user is None:
+        _service_account_ensure(tenant)
+    public_id, secret, secret_hash = _new_key_secret()
+    key = ApiKey.objects.create(
+        tenant=tenant, user=user, name=name, public_id=public_id, secret_hash=secret_hash,
+        allowed_tasks=allowed_tasks, allowed_model_classes=allowed_model_classes, expires_at=expires_at,
+        created_by=actor if getattr(actor, "pk", None) else None,
+    )
+    audit_record(action="api_key.create", object_type="api_key", object_id=key.pk, tenant=tenant,
+                 after=_key_snapshot(key), actor=actor, source=source)
+    return IssuedApiKey(api_key=key, secret=secret)
+
+
+@transaction.atomic
+def api_key_rotate(*, api_key: ApiKey, actor: User | None = None, source: str | None = None) -> IssuedApiKey:
+    """A new secret (and prefix) for the same key and limits; the old secret stops on its next request."""
+    key = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+    if key.revoked_at is not None:
+        raise BadRequest("This key is revoked; create a new one.", code="api_key_revoked")
+    before = key.prefix
+    key.public_id, secret, key.secret_hash = _new_key_secret()
+    key.save(update_fields=["public_id", "secret_hash"])
+    audit_record(action="api_key.rotate", object_type="api_key", object_id=key.pk, tenant=key.tenant_id,
+                 before={"prefix": before}, after={"prefix": key.prefix}, actor=actor, source=source)
+    tenant_id = key.tenant_id
+    transaction.on_commit(lambda: identity_cache_invalidate(tenant_id=tenant_id))
+    return IssuedApiKey(api_key=key, secret=secret)
+
+
+@transaction.atomic
+def api_key_revoke(*, api_key: ApiKey, actor: User | None = None, source: str | None = None) -> ApiKey:
+    """Refused from the next request on, in every process. Kept (the ledger points at it)."""
+    key = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+    if key.revoked_at is None:
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+        audit_record(action="api_key.revoke", object_type="api_key", object_id=key.pk, tenant=key.tenant_id,
+                     before={"revoked_at": None}, after={"revoked_at": key.revoked_at}, actor=actor, source=source)
+    tenant_id = key.tenant_id
+    transaction.on_commit(lambda: identity_cache_invalidate(tenant_id=tenant_id))
+    return key

@@ -12,7 +12,7 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
 
-from tenants.models import ATIToken, Tenant, User
+from tenants.models import ApiKey, ATIToken, Tenant, User
 from tenants.selectors import identity_cache_invalidate
 
 
@@ -53,4 +53,11 @@ def _tenant_changed(sender, instance: Tenant, using: str, created: bool = False,
 @receiver(post_save, sender=ATIToken)
 @receiver(post_delete, sender=ATIToken)
 def _ati_token_changed(sender, instance: ATIToken, using: str, **kwargs) -> None:
+    _invalidate_on_commit(instance.tenant_id, using=using)
+
+
+@receiver(post_save, sender=ApiKey)
+@receiver(post_delete, sender=ApiKey)
+def _api_key_changed(sender, instance: ApiKey, using: str, **kwargs) -> None:
+    # A revoked, rotated, narrowed or deleted key must stop (or change) on its next request everywhere.
     _invalidate_on_commit(instance.tenant_id, using=using)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from tenants import apis
+from tenants import apis, apis_keys
 
 urlpatterns = [
     path("auth/signup/", apis.SignupApi.as_view(), name="auth-signup"),
@@ -15,4 +15,7 @@ urlpatterns = [
         "tenant/users/<int:user_id>/sessions/revoke/", apis.TenantUserSessionsRevokeApi.as_view(),
         name="tenant-user-sessions-revoke",
     ),
+    path("keys/", apis_keys.ApiKeyListApi.as_view(), name="api-keys"),
+    path("keys/<int:key_id>/", apis_keys.ApiKeyDetailApi.as_view(), name="api-key-detail"),
+    path("keys/<int:key_id>/rotate/", apis_keys.ApiKeyRotateApi.as_view(), name="api-key-rotate"),
 ]
