@@ -239,7 +239,8 @@ class AnthropicUsageClient(_Client):
                 continue
             for result in bucket.get("results") or []:
                 creation = result.get("cache_creation") or {}
-                written = _int(creation.get("ephemeral_5m_input_tokens")) + _int(creation.get("ephemeral_1h_input_tokens"))
+                written = (_int(creation.get("ephemeral_5m_input_tokens"))
+                           + _int(creation.get("ephemeral_1h_input_tokens")))
                 read = _int(result.get("cache_read_input_tokens"))
                 row = report.row(day, str(result.get("model") or ""))
                 # The gateway's tokens_in is the whole prompt; Anthropic splits it three ways.

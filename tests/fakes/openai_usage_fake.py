@@ -74,7 +74,8 @@ class FakeOpenAIOrg(UsageReportMixin, FakeOpenAI):
     def _usage(totals, by_model: bool) -> list[dict[str, Any]]:
         def result(model: str | None, entries) -> dict[str, Any]:
             return {"object": "organization.usage.completions.result",
-                    "input_tokens": sum(e.tokens_in for e in entries), "output_tokens": sum(e.tokens_out for e in entries),
+                    "input_tokens": sum(e.tokens_in for e in entries),
+                    "output_tokens": sum(e.tokens_out for e in entries),
                     "input_cached_tokens": sum(e.tokens_cached_in for e in entries), "input_audio_tokens": 0,
                     "output_audio_tokens": 0, "num_model_requests": sum(e.requests for e in entries),
                     "project_id": None, "user_id": None, "api_key_id": None, "model": model, "batch": None,

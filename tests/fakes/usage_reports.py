@@ -10,7 +10,9 @@ cache write), summed exactly and reported in the provider's unit.
 
 Reports are paginated by day buckets (`page_size` buckets per page, capped by the request's `limit`);
 every GET is in `received` like the model calls. The admin key is checked (`admin_key`), and a wrong
-one gets the provider's own 401.
+one gets the provider's own 401. The fault script applies to report requests too: `fail_next(status)`
+(the provider's error body) and `malformed_next()` (a 200 whose JSON is cut short); `go_down()` refuses
+connections.
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ class UsageReportMixin:
         p_in, p_out, p_cached, p_write = self.prices.get(entry.model, (0, 0, 0, 0))
         uncached = entry.tokens_in - entry.tokens_cached_in - entry.tokens_cache_write
         mega = Decimal(1_000_000)
-        return {"input": Decimal(uncached * p_in) / mega, "cached input": Decimal(entry.tokens_cached_in * p_cached) / mega,
+        return {"input": Decimal(uncached * p_in) / mega,
+                "cached input": Decimal(entry.tokens_cached_in * p_cached) / mega,
                 "cache write": Decimal(entry.tokens_cache_write * p_write) / mega,
                 "output": Decimal(entry.tokens_out * p_out) / mega}
 
@@ -115,9 +118,14 @@ class UsageReportMixin:
         query = parse_qs(parts.query, keep_blank_values=True)
         with self._lock:
             self.received.append(Received(h.path, {k.lower(): v for k, v in h.headers.items()}, None))
+            fault = self._faults.popleft() if self._faults else None  # the same script as model calls
         try:
             if not self.admin_authorized(h):
                 return self.send_admin_unauthorized(h)
+            if fault is not None and fault.kind == "status":
+                return self.send_json(h, fault.status, self.report_error(fault.status, fault.message))
+            if fault is not None and fault.kind == "malformed":
+                return self.send_json(h, 200, raw=b'{"object": "page", "data": [{"object": "bucket", "start_ti')
             status, payload = self.report_get(parts.path, query)
             self.send_json(h, status, payload)
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
@@ -131,6 +139,10 @@ class UsageReportMixin:
 
     def report_get(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
         raise NotImplementedError
+
+    def report_error(self, status: int, message: str | None) -> Any:
+        """The provider's error body for a scripted failure (`fail_next`) of a report request."""
+        return self.error_body(status, None, message or f"fake {self.name}: error {status}")
 
     # ---- pagination over day buckets -------------------------------------------------------------
 

@@ -14,8 +14,8 @@ from django.core.management import CommandError, call_command
 from llm.reconcile.models import ProviderAdminCredential, ProviderReconciliation
 from metering.models import UsageLog
 from tenants.models import User
-from tests.llm.reconcile.conftest import MODELS, SNAPSHOTS, gateway_call
 from tests.fakes.usage_reports import utc_today
+from tests.llm.reconcile.conftest import MODELS, SNAPSHOTS, gateway_call
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
