@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Iterator
+from typing import Any
+
+from django.http import StreamingHttpResponse
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import serializers
+from rest_framework import negotiation, renderers, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -73,10 +79,94 @@ class UsageLogSerializer(serializers.ModelSerializer):
         return [{k: v for k, v in attempt.items() if k != "detail"} for attempt in log.attempts or []]
 
 
+class UsageLogFilterSerializer(serializers.Serializer):
+    """Filters of the ledger view and its CSV export (all optional; they combine with AND)."""
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return {
+            "from": serializers.DateField(required=False, help_text="First day (UTC), inclusive."),
+            "to": serializers.DateField(required=False, help_text="Last day (UTC), inclusive."),
+            "user": serializers.CharField(required=False, max_length=150, help_text="Username (members: their own)."),
+            "task": serializers.CharField(required=False, max_length=64, help_text="Task code, e.g. LLM2_DRAFT."),
+            "status": serializers.ChoiceField(choices=list(selectors.USAGE_LOG_STATUSES), required=False),
+            "model": serializers.CharField(required=False, max_length=128, help_text="Provider model name."),
+            "key": serializers.CharField(required=False, max_length=64,
+                                         help_text="API key: its id or its public prefix (gw_live_...)."),
+        }
+
+    def validate_key(self, value: str) -> str:
+        if not selectors.usage_log_has_api_key():
+            raise serializers.ValidationError("The ledger does not record API keys yet.")
+        return value
+
+    def validate(self, attrs: dict) -> dict:
+        bounded = self.context.get("bounded", False)
+        if bounded or "from" in attrs or "to" in attrs:
+            try:
+                attrs["from"], attrs["to"] = selectors.usage_range(
+                    start=attrs.get("from"), end=attrs.get("to"), today=timezone.now().date())
+            except selectors.UsageRangeError as error:
+                raise serializers.ValidationError({error.field: [str(error)]}) from None
+        return attrs
+
+
+def _filtered_logs(request: Request, *, bounded: bool) -> tuple[dict, Any]:
+    data = UsageLogFilterSerializer(data=request.query_params.dict(), context={"bounded": bounded})
+    data.is_valid(raise_exception=True)
+    f = data.validated_data
+    rows = selectors.usage_logs_filtered(
+        context=request.auth, start=f.get("from"), end=f.get("to"), user=f.get("user", ""), task=f.get("task", ""),
+        status=f.get("status", ""), model=f.get("model", ""), api_key=f.get("key", ""))
+    return f, rows
+
+
 class UsageLogsApi(APIView):
-    @extend_schema(parameters=[OpenApiParameter("page", int, description="Page number, from 1.")],
+    @extend_schema(parameters=[UsageLogFilterSerializer,
+                               OpenApiParameter("page", int, description="Page number, from 1.")],
                    responses=paginated(UsageLogSerializer, "UsageLogPage"))
     def get(self, request: Request) -> Response:
+        _, rows = _filtered_logs(request, bounded=False)
         paginator = PageNumberPagination()
-        page = paginator.paginate_queryset(selectors.usage_logs_page(context=request.auth), request, view=self)
+        page = paginator.paginate_queryset(rows.select_related("task", "user").order_by("-admitted_at", "-id"),
+                                           request, view=self)
         return paginator.get_paginated_response(UsageLogSerializer(page, many=True).data)
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+class _JsonErrorsOnly(negotiation.BaseContentNegotiation):
+    """The export's body is CSV whatever the client asks for (Accept: text/csv included, which DRF's
+    negotiation would refuse with a 406); only an error goes through a renderer, and errors are JSON."""
+
+    def select_renderer(self, request: Request, renderers_: list, format_suffix: str | None = None) -> tuple:
+        return renderers_[0], renderers_[0].media_type
+
+    def select_parser(self, request: Request, parsers: list) -> Any:
+        return parsers[0] if parsers else None
+
+
+class UsageExportApi(APIView):
+    """The caller's ledger rows as CSV, streamed oldest first: the same filters as /api/usage/logs/,
+    always over a bounded day range (default the last 30 days, at most USAGE_MAX_DAYS)."""
+
+    renderer_classes = [renderers.JSONRenderer]
+    content_negotiation_class = _JsonErrorsOnly
+
+    @extend_schema(parameters=[UsageLogFilterSerializer],
+                   responses={(200, "text/csv"): OpenApiTypes.STR})
+    def get(self, request: Request) -> StreamingHttpResponse:
+        f, rows = _filtered_logs(request, bounded=True)
+        writer = csv.writer(_Echo())
+        header = selectors.usage_logs_export_columns()
+
+        def lines() -> Iterator[str]:
+            yield writer.writerow(header)
+            for record in selectors.usage_logs_export_rows(rows):
+                yield writer.writerow(record)
+
+        response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="usage_{f["from"]}_{f["to"]}.csv"'
+        return response

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django.db.models import Q, QuerySet, Sum
@@ -13,6 +14,7 @@ from metering.models import UsageDaily, UsageLog, UsageMeter
 from metering.periods import period_end, period_start
 from metering.policy import Limit, effective_limits
 from metering.policy_keys import POLICY_KEYS, ValueType
+from tenants.models import API_KEY_PREFIX
 from tenants.selectors import TenantContext
 
 
@@ -135,3 +137,79 @@ def usage_logs_page(*, context: TenantContext) -> QuerySet[UsageLog]:
     return usage_logs_visible(context=context).select_related("task", "user").order_by("-admitted_at", "-id")
 
 
+
+
+# --- ledger rows for tenant admins: filters and the CSV export ---------------------------------------
+
+USAGE_LOG_STATUSES = tuple(UsageLog.Status.values)
+
+
+def usage_log_has_api_key() -> bool:
+    """Whether the ledger records the API key of a call (the `key` filter needs it)."""
+    return any(f.name == "api_key" for f in UsageLog._meta.get_fields())
+
+
+def usage_logs_filtered(*, context: TenantContext, start: date | None = None, end: date | None = None,
+                        user: str = "", task: str = "", status: str = "", model: str = "",
+                        api_key: str = "") -> QuerySet[UsageLog]:
+    """The caller's visible ledger rows (admins: the tenant, members: their own) narrowed by the filters.
+
+    Days are UTC and inclusive; a range is read through the (tenant, admitted_at) index. An API key is
+    named by its id or its public prefix (gw_live_...); a key of another tenant matches nothing here."""
+    rows = usage_logs_visible(context=context)
+    if start is not None:
+        rows = rows.filter(admitted_at__gte=datetime.combine(start, time.min, UTC))
+    if end is not None:
+        rows = rows.filter(admitted_at__lt=datetime.combine(end + timedelta(days=1), time.min, UTC))
+    if user:
+        rows = rows.filter(user__username=user)
+    if task:
+        rows = rows.filter(task__code=task)
+    if status:
+        rows = rows.filter(status=status)
+    if model:
+        rows = rows.filter(model_name=model)
+    if api_key:
+        if api_key.isdigit():
+            rows = rows.filter(api_key_id=int(api_key))
+        else:
+            rows = rows.filter(api_key__public_id=api_key.removeprefix(API_KEY_PREFIX))
+    return rows
+
+
+EXPORT_COLUMNS = ("request_id", "admitted_at", "user", "task", "feature_code", "provider", "model_name",
+                  "model_class", "tokens_in", "tokens_out", "api_calls", "cost_micro_usd", "latency_ms", "status",
+                  "error_code", "enforcement_mode", "would_refuse_code", "usage_estimated", "settled_late",
+                  "max_tokens_fitted")
+
+
+def usage_logs_export_columns() -> list[str]:
+    columns = list(EXPORT_COLUMNS)
+    names = {f.name for f in UsageLog._meta.get_fields()}
+    extra = [c for c in ("tokens_cached_in", "tokens_cache_write") if c in names]
+    at = columns.index("tokens_out") + 1
+    columns[at:at] = extra
+    if "api_key" in names:
+        columns.insert(columns.index("user") + 1, "api_key")
+    return [*columns, "cost_usd", "failed_attempts"]
+
+
+def usage_logs_export_rows(rows: QuerySet[UsageLog], *, chunk_size: int = 2000) -> Iterator[list[Any]]:
+    """One list per ledger row, oldest first, read in chunks (the export streams; nothing is held whole)."""
+    columns = usage_logs_export_columns()
+    fields = {"user": "user__username", "task": "task__code", "api_key": "api_key__public_id"}
+    wanted = [fields.get(c, c) for c in columns if c not in ("cost_usd", "failed_attempts")] + ["attempts"]
+    for values in rows.order_by("admitted_at", "id").values_list(*wanted).iterator(chunk_size=chunk_size):
+        record = dict(zip(wanted, values, strict=True))
+        out = []
+        for column in columns:
+            if column == "cost_usd":
+                out.append(f"{record['cost_micro_usd'] / 1_000_000:.6f}")
+            elif column == "failed_attempts":
+                out.append(len(record["attempts"] or []))
+            elif column == "admitted_at":
+                out.append(record["admitted_at"].astimezone(UTC).isoformat())
+            else:
+                value = record[fields.get(column, column)]
+                out.append("" if value is None else value)
+        yield out

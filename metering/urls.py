@@ -7,6 +7,7 @@ urlpatterns = [
     path("quota/", apis.QuotaApi.as_view(), name="quota"),
     path("usage/", apis.UsageApi.as_view(), name="usage"),
     path("usage/logs/", apis.UsageLogsApi.as_view(), name="usage-logs"),
+    path("usage/export.csv", apis.UsageExportApi.as_view(), name="usage-export"),
     path("notifications/", apis_alerts.NotificationListApi.as_view(), name="notifications"),
     path("notifications/read-all/", apis_alerts.NotificationReadAllApi.as_view(), name="notifications-read-all"),
     path("notifications/<int:notification_id>/read/", apis_alerts.NotificationReadApi.as_view(),
