@@ -38,7 +38,7 @@ def test_the_page_shows_the_last_run_per_provider_and_flags_drift(su_client):
     html = response.content.decode()
     assert 'data-provider="anthropic" data-status="DRIFT"' in html
     assert 'data-provider="openai" data-status="OK"' in html
-    assert "249000" in html  # the drifted figure's difference
+    assert "249,000" in html  # the drifted figure's difference
     assert "gemini" in html and "grok" in html  # why those are not reconciled
 
 
