@@ -80,7 +80,15 @@ def admin_key_resolve(provider: str) -> tuple[str, str]:
 
 
 def base_url_resolve(provider: str) -> str:
-    return getattr(settings, BASE_URL_SETTINGS[provider], "") or clients.DEFAULT_BASE_URLS[provider]
+    """Where the provider's API is, as the model calls see it: the setting, else the active provider
+    credential's base URL (a proxy in front of the vendor), else the vendor's."""
+    from llm.models import ProviderCredential
+
+    configured = getattr(settings, BASE_URL_SETTINGS[provider], "") or ""
+    if not configured:
+        credential = ProviderCredential.objects.filter(provider=provider, is_active=True).first()
+        configured = credential.base_url if credential is not None else ""
+    return configured or clients.DEFAULT_BASE_URLS[provider]
 
 
 def _validate(provider: str, day_from: date, day_to: date) -> None:

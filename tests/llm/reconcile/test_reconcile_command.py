@@ -190,3 +190,15 @@ def test_the_table_output_shows_each_figure(orgs, tenant_admin):
                  "--to", utc_today().isoformat(), stdout=out)
     text = out.getvalue()
     assert "no drift" in text and "gpt-4o-mini" in text and "3/3" in text
+
+
+def test_the_active_provider_credentials_base_url_is_where_the_report_is_read(orgs, settings):
+    from llm.models import ProviderCredential
+
+    settings.OPENAI_BASE_URL = ""
+    credential = ProviderCredential(provider="openai", label="via proxy", base_url=orgs["openai"].url + "/v1")
+    credential.set_api_key("test-key")
+    credential.save()
+    result, code = reconcile("openai", utc_today(), utc_today())
+    assert code == 0 and result["status"] == "OK"
+    assert any(r.path.startswith("/v1/organization/usage/completions") for r in orgs["openai"].received)
