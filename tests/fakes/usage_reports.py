@@ -66,8 +66,12 @@ class UsageReportMixin:
 
     def bill(self, model: str, tokens_in: int, tokens_out: int) -> None:
         super().bill(model, tokens_in, tokens_out)
+        # The prompt-cache split the parent fake reported for this call (its `cached_tokens` /
+        # `cache_write_tokens`, taken from the prompt in that order), so the report matches the answer.
+        cached = min(int(getattr(self, "cached_tokens", 0) or 0), tokens_in)
+        written = min(int(getattr(self, "cache_write_tokens", 0) or 0), tokens_in - cached)
         with self._usage_lock:
-            self.usage.append(UsageEntry(utc_today(), model, 1, tokens_in, 0, 0, tokens_out))
+            self.usage.append(UsageEntry(utc_today(), model, 1, tokens_in, cached, written, tokens_out))
 
     def report_extra(self, day: date, model: str, *, requests: int = 0, tokens_in: int = 0,
                      tokens_cached_in: int = 0, tokens_cache_write: int = 0, tokens_out: int = 0) -> None:
