@@ -11,7 +11,16 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils.html import format_html_join
 
-from catalog.models import Feature, ModelClass, Plan, PlanFeature, PlanLLMAccess, ProviderModel, Task
+from catalog.models import (
+    Feature,
+    ModelClass,
+    Plan,
+    PlanFeature,
+    PlanLLMAccess,
+    ProviderModel,
+    SearchSourcePrice,
+    Task,
+)
 from catalog.selectors import catalog_cache_invalidate
 
 
@@ -204,3 +213,12 @@ class ProviderModelAdmin(CatalogCacheAdminMixin, admin.ModelAdmin):
     @admin.display(description="output price", ordering="output_price_per_mtok_micro_usd")
     def output_price(self, obj: ProviderModel) -> str:
         return format_micro_usd_per_mtok(obj.output_price_per_mtok_micro_usd)
+
+
+@admin.register(SearchSourcePrice)
+class SearchSourcePriceAdmin(CatalogCacheAdminMixin, admin.ModelAdmin):
+    """Prior-art search fees: each external request of a call adds its price to the call's cost."""
+
+    list_display = ("source", "request_kind", "micro_usd", "note", "updated_at")
+    list_editable = ("micro_usd",)
+    list_filter = ("source",)

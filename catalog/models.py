@@ -148,3 +148,34 @@ class ProviderModel(models.Model):
             self.output_price_per_mtok_micro_usd or 0
         )
         return -(-numerator // 1_000_000)
+
+
+class SearchSourcePrice(models.Model):
+    """What one request to a prior-art search source costs, by request kind, in integer micro-USD.
+
+    Each external request of a prior-art call adds its price to the call's cost (the ledger row's
+    cost = tokens cost + search fees). A source/kind without a row is free (0), as ODP and OPS are
+    under their fair-use terms; OpenAlex meters in money per request kind.
+    """
+
+    class Source(models.TextChoices):
+        USPTO_ODP = "uspto_odp", "USPTO Open Data Portal"
+        EPO_OPS = "epo_ops", "EPO Open Patent Services"
+        OPENALEX = "openalex", "OpenAlex"
+
+    source = models.CharField(max_length=32, choices=Source.choices)
+    request_kind = models.CharField(
+        max_length=32, help_text="e.g. search, list, singleton (OpenAlex tiers), token (OPS OAuth).")
+    micro_usd = models.BigIntegerField(default=0, help_text="Price of one request, integer micro-USD.")
+    note = models.CharField(max_length=200, blank=True, help_text="Where the price comes from.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["source", "request_kind"]
+        constraints = [
+            models.UniqueConstraint(fields=["source", "request_kind"], name="uniq_search_source_price"),
+            models.CheckConstraint(condition=Q(micro_usd__gte=0), name="search_source_price_non_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source}/{self.request_kind}: {self.micro_usd} micro-USD"

@@ -373,13 +373,26 @@ RECONCILE_DRIFT_MICRO_USD = env.int("RECONCILE_DRIFT_MICRO_USD", default=10_000)
 RECONCILE_TIMEOUT_SECONDS = env.float("RECONCILE_TIMEOUT_SECONDS", default=30.0)
 
 # --- Prior-art search services (llm/search/) ---------------------------------------------
+# Each source is optional and searched only when its credentials are set (environment).
+# PatentsView's PatentSearch API was paused on 2026-03-20 (its move to the USPTO Open Data Portal)
+# and its host no longer resolves: its client is gone, ODP replaces it.
+USPTO_ODP_BASE_URL = env.str("USPTO_ODP_BASE_URL", default="https://api.uspto.gov")
+USPTO_ODP_API_KEY = env.str("USPTO_ODP_API_KEY", default="")
+EPO_OPS_BASE_URL = env.str("EPO_OPS_BASE_URL", default="https://ops.epo.org/3.2")
+EPO_OPS_KEY = env.str("EPO_OPS_KEY", default="")
+EPO_OPS_SECRET = env.str("EPO_OPS_SECRET", default="")
+# Pause before the next OPS request while its throttling header says the search service is yellow /
+# red (fair use); black or a quota refusal parks the source for EPO_OPS_BLOCK_SECONDS (or Retry-After).
+EPO_OPS_THROTTLE_PAUSE_SECONDS = env.float("EPO_OPS_THROTTLE_PAUSE_SECONDS", default=1.0)
+EPO_OPS_BLOCK_SECONDS = env.float("EPO_OPS_BLOCK_SECONDS", default=60.0)
 # OpenAlex wants a free API key since 2026-02 (without one the daily allowance is tiny); mailto
-# identifies the caller. PatentsView (PatentSearch API) is skipped, with a note, without its key.
+# identifies the caller.
 OPENALEX_BASE_URL = env.str("OPENALEX_BASE_URL", default="https://api.openalex.org")
 OPENALEX_MAILTO = env.str("OPENALEX_MAILTO", default="")
 OPENALEX_API_KEY = env.str("OPENALEX_API_KEY", default="")
-PATENTSVIEW_BASE_URL = env.str("PATENTSVIEW_BASE_URL", default="https://search.patentsview.org")
-PATENTSVIEW_API_KEY = env.str("PATENTSVIEW_API_KEY", default="")
+# Search answers are kept in the shared cache (Redis in production) keyed by source, normalised
+# query and filters: a repeat within the TTL sends nothing and costs no search fee.
+PRIOR_ART_CACHE_TTL_SECONDS = env.int("PRIOR_ART_CACHE_TTL_SECONDS", default=24 * 3600)
 SEARCH_TIMEOUT_SECONDS = env.float("SEARCH_TIMEOUT_SECONDS", default=15.0)  # per attempt, whole answer
 SEARCH_RETRIES = env.int("SEARCH_RETRIES", default=2)  # extra attempts after a transient failure
 SEARCH_BACKOFF_SECONDS = env.float("SEARCH_BACKOFF_SECONDS", default=0.5)  # doubles per retry

@@ -115,6 +115,7 @@ def _decision(context: TenantContext, task_code: str, chat: ChatInput, tokens_in
         context=context, task_code=task_code, requested_model=chat.model, tokens_in=tokens_in,
         requested_max_tokens_out=chat.max_tokens, now=now, mode=mode, steps=chat.steps, api_calls=chat.api_calls,
         restrict_classes=chat.restrict_classes, usage_unavailable=usage_unavailable,
+        api_call_fee_micro_usd=chat.api_call_fee_micro_usd,
     )
 
 
@@ -238,6 +239,7 @@ class MeteredCall:
         self.started = time.monotonic()
         self.spend = calls.Spend()
         self.external_calls = 0  # outbound non-LLM requests (searches), each an API call
+        self.external_fees_micro_usd = 0  # their prices (search fees), part of the call's cost
         self.admitted: _Admitted | None = None
         self.candidates: list[tuple[ModelInfo, Provider]] = []
         self.outcome: metering.CallOutcome | None = None
@@ -357,6 +359,7 @@ class MeteredCall:
         """What the call has consumed so far, as an outcome with this status."""
         outcome = self.spend.outcome(status, error_code)
         outcome.api_calls += self.external_calls
+        outcome.cost_micro_usd += self.external_fees_micro_usd
         if self.admitted is not None:
             outcome.max_tokens_fitted = getattr(self.admitted.decision, "max_tokens_fitted", None)
         return outcome

@@ -38,6 +38,9 @@ class ChatInput:
     steps: int | str = 1
     api_calls: int | str | None = None
     restrict_classes: tuple[str, ...] | None = None
+    # The dearest price of one outbound request (prior-art search fees): the cost hold covers
+    # api_calls of them on top of the tokens' worst case.
+    api_call_fee_micro_usd: int = 0
 
 
 def _reject_constant(name: str) -> Any:

@@ -353,6 +353,7 @@ def policy_evaluate(
     now: datetime,
     mode: str = "HARD",
     usage_unavailable: bool = False,
+    api_call_fee_micro_usd: int = 0,
 ) -> EnforcementDecision:
     task = task_get(task_code)
     if task is None:
@@ -458,7 +459,8 @@ def policy_evaluate(
     worst_cost = max((m.cost_micro_usd(tokens_in=tokens_in, tokens_out=held_out) for m in candidates), default=0)
     amounts = {
         Metric.TOKENS: decision.steps * (tokens_in + held_out),
-        Metric.COST: decision.steps * worst_cost,
+        # Every API call may be a priced outbound request (search fees) on top of the tokens.
+        Metric.COST: decision.steps * worst_cost + decision.api_calls * max(0, api_call_fee_micro_usd),
         Metric.API_CALLS: decision.api_calls,
         Metric.REQUESTS: 1,
         Metric.CONCURRENT: 1,

@@ -44,6 +44,7 @@ class AdapterRun:
     spend: calls.Spend = field(default_factory=calls.Spend)
     steps_used: int = 0
     external_calls: int = 0
+    external_fees_micro_usd: int = 0  # the priced outbound requests (search fees), added to the cost
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -78,11 +79,13 @@ class AdapterRun:
                                                 self.task_code)
         return result.text
 
-    async def external(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
-        """One outbound API request (e.g. a search). Counted when it is sent, whatever its outcome."""
+    async def external(self, name: str, call: Callable[[], Awaitable[T]], *, fee_micro_usd: int = 0) -> T:
+        """One outbound API request (e.g. a search). Counted -- and its fee charged -- when it is sent,
+        whatever its outcome."""
         if self.max_api_calls is not None and self.api_calls_used >= self.max_api_calls:
             raise BudgetExhausted("max_api_calls", self.max_api_calls)
         self.external_calls += 1
+        self.external_fees_micro_usd += fee_micro_usd
         self.emit({"event": "api_call", "name": name, "n": self.api_calls_used})
         return await call()
 
@@ -101,6 +104,11 @@ class TaskAdapter(abc.ABC):
     @abc.abstractmethod
     def input_text(self, parsed: Any) -> str:
         """The text the LLM steps will read (counted against max_tokens_in before anything runs)."""
+
+    def api_call_fee_micro_usd(self, parsed: Any) -> int:
+        """The dearest price of one outbound request this run may send (the cost hold's worst case per
+        API call). Synchronous: it may read the catalog. 0 for adapters that send none."""
+        return 0
 
     def check_limits(self, parsed: Any, limits: dict[str, int]) -> None:  # noqa: B027 - optional hook
         """Refuse inputs a per-request limit forbids outright (e.g. too many diagram files)."""

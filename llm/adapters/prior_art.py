@@ -1,9 +1,13 @@
-"""Prior-art search (LLM1_PRIOR_ART): description -> LLM queries -> OpenAlex + PatentsView -> merge,
-de-duplicate, keep `retrieval_top_k` -> LLM re-rank with a short rationale per item.
+"""Prior-art search (LLM1_PRIOR_ART): description -> LLM queries -> USPTO ODP + EPO OPS + OpenAlex ->
+merge, de-duplicate (the same document or DOCDB family once), keep `retrieval_top_k` -> LLM re-rank
+with a short rationale per item -> a claim chart (llm/adapters/claim_chart.py).
 
-Limits: every search request sent counts against `max_api_calls` (one call is kept back for the
-re-rank); when the budget runs out, or a service fails or is too slow, the run returns what it found
-so far with a note. A request that never left this machine is not charged.
+Limits and cost: every search request sent counts against `max_api_calls` (one call is kept back for
+the re-rank) and adds its price (catalog.SearchSourcePrice) to the call's cost; answers are cached in
+the shared cache (llm/search/cache.py), and a cached answer sends nothing and costs nothing. When the
+budget runs out, or a source fails, is parked by its fair-use throttling or is too slow, the run
+returns what it found so far with a note per source. A request that never left this machine is not
+charged.
 """
 
 from __future__ import annotations
@@ -19,10 +23,14 @@ from typing import Any
 import httpx
 from django.conf import settings
 
+from catalog.search_prices import dearest_request_price, search_price, search_price_table
 from gateway_project.errors import BadRequest
 from llm import calls
 from llm.adapters.base import AdapterRun, BudgetExhausted, TaskAdapter
-from llm.search import openalex, patentsview
+from llm.adapters.claim_chart import claim_chart, claim_elements
+from llm.db import db_step
+from llm.search import epo_ops, openalex, uspto_odp
+from llm.search.cache import cached_hits, store_hits
 from llm.search.common import (
     Attempts,
     Hit,
@@ -43,7 +51,9 @@ DEFAULT_TOP_K = 10  # when no retrieval_top_k rule applies
 MAX_QUERIES = 4
 MAX_QUERY_CHARS = 200
 MAX_INPUT_CHARS = 50_000
-ALLOWED_FIELDS = {"description", "claims", "date_cutoff", "jurisdictions", "max_results", "model", "max_tokens"}
+ALLOWED_FIELDS = {"description", "claims", "date_cutoff", "jurisdictions", "cpc", "max_results", "model",
+                  "max_tokens"}
+_CPC = re.compile(r"^[A-HY]\d{2}[A-Z](?:\d{1,4}(?:/\d{1,6})?)?$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _JURISDICTION = re.compile(r"^[A-Z]{2}$")
 
@@ -71,14 +81,17 @@ class PriorArtInput:
     text: str
     date_cutoff: dt.date | None = None
     jurisdictions: list[str] = field(default_factory=list)
+    cpc: list[str] = field(default_factory=list)
     max_results: int | None = None
+    claims: str = ""
+    description: str = ""
 
 
 @dataclass
 class SearchRecord:
     service: str
     query: str
-    status: str = "pending"  # ok | failed | skipped | stopped
+    status: str = "pending"  # ok | cached | failed | skipped | stopped
     results: int = 0
     attempts: int = 0
     detail: str = ""
@@ -195,7 +208,7 @@ class PriorArtAdapter(TaskAdapter):
     model_classes = ("BASE_S", "BASE_M")
     policy_keys = ("max_tokens_in", "max_tokens_out", "max_api_calls", "retrieval_top_k")
     steps_key = None
-    fixed_steps = 2  # query generation + re-rank
+    fixed_steps = 2  # query generation + re-rank (the claim chart needs no LLM step)
 
     def parse(self, payload: Any) -> PriorArtInput:
         if not isinstance(payload, dict):
@@ -219,7 +232,18 @@ class PriorArtAdapter(TaskAdapter):
             raise _bad(f"The description is too long ({len(text)} characters; at most {MAX_INPUT_CHARS}).")
         if not terms(text):
             raise _bad("The description has no searchable words.")
-        parsed = PriorArtInput(text=text)
+        parsed = PriorArtInput(text=text, claims=(payload.get("claims") or "").strip(),
+                               description=(payload.get("description") or "").strip())
+        cpc = payload.get("cpc")
+        if cpc is not None:
+            if not isinstance(cpc, list) or not cpc or len(cpc) > 10:
+                raise _bad("'cpc' must be a non-empty list of at most 10 CPC symbols, e.g. [\"E05F3/14\", \"F16F9\"].")
+            for code in cpc:
+                symbol = code.replace(" ", "").upper() if isinstance(code, str) else ""
+                if not _CPC.match(symbol):
+                    raise _bad(f"'cpc' holds an invalid CPC symbol: {code!r} (e.g. E05F3/14, F16F9, A47B).")
+                if symbol not in parsed.cpc:
+                    parsed.cpc.append(symbol)
         cutoff = payload.get("date_cutoff")
         if cutoff is not None:
             if not isinstance(cutoff, str) or not _DATE.match(cutoff):
@@ -249,6 +273,9 @@ class PriorArtAdapter(TaskAdapter):
     def input_text(self, parsed: PriorArtInput) -> str:
         return parsed.text
 
+    def api_call_fee_micro_usd(self, parsed: PriorArtInput) -> int:
+        return dearest_request_price(search_price_table(), [s for s, _ in self._configured()])
+
     async def run(self, run: AdapterRun, parsed: PriorArtInput) -> dict[str, Any]:
         top_k = max(1, run.limits.get("retrieval_top_k", DEFAULT_TOP_K))
         wanted = parsed.max_results or top_k
@@ -274,40 +301,79 @@ class PriorArtAdapter(TaskAdapter):
         items = await self._rank(run, parsed, candidates, wanted) if candidates else []
         if not candidates:
             run.notes.append("No candidates were found; nothing to re-rank.")
-        return {"items": items, "queries": queries, "searches": [r.public() for r in records]}
+
+        # 4. Claim chart over the references kept.
+        elements = claim_elements(parsed.claims, parsed.description or parsed.text)
+        chart = claim_chart(elements, items)
+        for item in items:
+            item.pop("_text", None)
+        sources = self._source_notes(records)
+        return {"items": items, "claim_chart": chart, "queries": queries, "sources": sources,
+                "searches": [r.public() for r in records],
+                "cached_hits": sum(1 for i in items if i["cached"])}
 
     # ---- searching ----------------------------------------------------------------------------------
 
+    @staticmethod
+    def _configured() -> list[tuple[str, bool]]:
+        """(source, configured) in search order: patents first, then literature."""
+        return [("uspto_odp", uspto_odp.configured()), ("epo_ops", epo_ops.configured()), ("openalex", True)]
+
     def _services(self, run: AdapterRun, parsed: PriorArtInput) -> list[str]:
-        services = ["openalex"]
-        others = [j for j in parsed.jurisdictions if j != "US"]
-        if parsed.jurisdictions and "US" not in parsed.jurisdictions:
-            run.notes.append(f"Patent search covers US grants only (PatentsView); skipped for {', '.join(others)}. "
-                             "Scholarly literature (OpenAlex) was searched.")
-        elif not patentsview.configured():
-            run.notes.append("PatentsView was skipped: no PATENTSVIEW_API_KEY is configured. Only scholarly "
-                             "literature (OpenAlex) was searched.")
-        else:
-            services.append("patentsview")
-            if others:
-                run.notes.append(f"Patent search covers US grants only (PatentsView); {', '.join(others)} "
-                                 "not searched.")
+        services: list[str] = []
+        for name, configured in self._configured():
+            if not configured:
+                hint = {"uspto_odp": "USPTO_ODP_API_KEY", "epo_ops": "EPO_OPS_KEY and EPO_OPS_SECRET"}[name]
+                run.notes.append(f"{name} was skipped: no {hint} is configured.")
+                continue
+            if name == "uspto_odp" and parsed.jurisdictions and "US" not in parsed.jurisdictions:
+                run.notes.append("uspto_odp was skipped: it covers US applications only and 'jurisdictions' "
+                                 "leaves out US.")
+                continue
+            services.append(name)
         return services
+
+    @staticmethod
+    def _filters(service: str, parsed: PriorArtInput, size: int) -> dict[str, Any]:
+        filters: dict[str, Any] = {"size": size, "date_cutoff": parsed.date_cutoff}
+        if service == "epo_ops":
+            filters["jurisdictions"] = parsed.jurisdictions
+        if service != "openalex":
+            filters["cpc"] = parsed.cpc
+        return filters
+
+    @staticmethod
+    def _source_notes(records: list[SearchRecord]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for record in records:
+            row = out.setdefault(record.service, {"status": "ok", "requests": 0, "results": 0, "cached": 0,
+                                                  "notes": []})
+            row["requests"] += record.attempts
+            row["results"] += record.results
+            row["cached"] += int(record.status == "cached")
+            if record.status in ("failed", "skipped", "stopped") and record.detail not in row["notes"]:
+                row["notes"].append(record.detail)
+            if record.status == "failed":
+                row["status"] = "failed" if row["status"] in ("ok", "failed") and not row["results"] else "partial"
+        return out
 
     async def _search(self, run: AdapterRun, parsed: PriorArtInput, queries: list[str], top_k: int
                       ) -> tuple[list[SearchRecord], list[Hit]]:
         services = self._services(run, parsed)
+        prices = await db_step(search_price_table)()
         reserve = 1  # one API call is kept for the re-rank step
         state = {"budget_stop": False}
 
-        async def counted(name: str, factory: Any) -> Any:
+        async def counted(name: str, kind: str, factory: Any) -> Any:
             left = run.api_calls_left()
             if left is not None and left <= reserve:
                 raise BudgetExhausted("max_api_calls", run.max_api_calls or 0)
+            fee = search_price(prices, name, kind)
             try:
-                return await run.external(name, factory)
+                return await run.external(name, factory, fee_micro_usd=fee)
             except NotSent:
                 run.external_calls -= 1  # never sent: not an API call, not charged
+                run.external_fees_micro_usd -= fee
                 raise
 
         records = {(s, q): SearchRecord(service=s, query=q) for q in queries for s in services}
@@ -316,12 +382,29 @@ class PriorArtAdapter(TaskAdapter):
         timeout = httpx.Timeout(settings.SEARCH_TIMEOUT_SECONDS)
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=True,
                                      headers={"User-Agent": "llm-gateway-prior-art/1"}) as client:
-            clients = {"openalex": openalex.OpenAlexClient(client),
-                       "patentsview": patentsview.PatentsViewClient(client)}
+            clients: dict[str, Any] = {"openalex": openalex.OpenAlexClient(client),
+                                       "uspto_odp": uspto_odp.UsptoOdpClient(client),
+                                       "epo_ops": epo_ops.EpoOpsClient(client)}
+
+            async def one(service: str, query: str, attempts: Attempts) -> list[Hit]:
+                extra: dict[str, Any] = {}
+                if service == "epo_ops":
+                    extra = {"jurisdictions": parsed.jurisdictions, "cpc": parsed.cpc}
+                elif service == "uspto_odp":
+                    extra = {"cpc": parsed.cpc}
+                return await clients[service].search(query, size=top_k, date_cutoff=parsed.date_cutoff,
+                                                     external=counted, attempts=attempts, **extra)
 
             async def service_loop(service: str) -> None:
                 for query in queries:
                     record = records[(service, query)]
+                    filters = self._filters(service, parsed, top_k)
+                    cached = await cached_hits(service, query, filters)
+                    if cached is not None:
+                        found[(service, query)] = cached
+                        record.status, record.results, record.detail = "cached", len(cached), "served from cache"
+                        run.emit({"event": "search", **record.public()})
+                        continue
                     if state["budget_stop"]:
                         record.status, record.detail = "skipped", "max_api_calls reached"
                         continue
@@ -330,8 +413,7 @@ class PriorArtAdapter(TaskAdapter):
                         continue
                     attempts = Attempts()
                     try:
-                        hits = await clients[service].search(query, size=top_k, date_cutoff=parsed.date_cutoff,
-                                                             external=counted, attempts=attempts)
+                        hits = await one(service, query, attempts)
                     except BudgetExhausted:
                         state["budget_stop"] = True
                         record.status = "stopped" if attempts.sent else "skipped"
@@ -347,6 +429,7 @@ class PriorArtAdapter(TaskAdapter):
                     else:
                         found[(service, query)] = hits
                         record.status, record.results = "ok", len(hits)
+                        await store_hits(service, query, filters, hits)
                     record.attempts = attempts.sent
                     run.emit({"event": "search", **record.public()})
 
@@ -358,7 +441,7 @@ class PriorArtAdapter(TaskAdapter):
             run.notes.append(f"{service} failed ({error}); returning what was found so far"
                              + (f"; its {skipped} remaining search(es) were not sent." if skipped else "."))
         if state["budget_stop"]:
-            done = sum(1 for r in ordered if r.status == "ok")
+            done = sum(1 for r in ordered if r.status in ("ok", "cached"))
             run.notes.append(f"Stopped searching at max_api_calls = {run.max_api_calls} (one call kept for the "
                              f"re-rank): {done} of {len(ordered)} planned searches completed; returning what was "
                              "found so far.")
@@ -416,10 +499,14 @@ class PriorArtAdapter(TaskAdapter):
             if ident not in details:
                 rationale = f"Ordered by lexical overlap with the description ({lexical[ident]:.2f})."
             items.append({
-                "rank": rank, "source": hit.source, "identifier": hit.identifier, "title": hit.title,
-                "year": hit.year, "abstract_snippet": snippet(hit.abstract), "url": hit.url,
+                "rank": rank, "source": hit.source, "identifier": hit.identifier,
+                "publication_number": hit.publication_number, "kind": hit.kind, "doi": hit.doi,
+                "title": hit.title, "year": hit.year, "date": hit.date, "cpc": hit.cpc, "applicants": hit.applicants,
+                "family_id": hit.family_id, "abstract_snippet": snippet(hit.abstract), "url": hit.url,
+                "found_by": hit.found_by, "sources": hit.sources or [hit.source], "cached": hit.cached,
                 "relevance_score": score if score is not None else lexical[ident],
                 "rationale": rationale or "No rationale given by the model.",
+                "_text": f"{hit.title}. {hit.abstract}",
             })
         return items
 

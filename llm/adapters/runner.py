@@ -14,6 +14,7 @@ from typing import Any
 from gateway_project.errors import BadRequest, GatewayError
 from llm import calls, gateway, openai_wire
 from llm.adapters.base import AdapterRun, BudgetExhausted, TaskAdapter
+from llm.db import db_step
 from llm.metered import MeteredCall, SettledOnClose, provider_failure
 from llm.tokenizer import text_tokens
 from metering.models import UsageLog
@@ -24,7 +25,7 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, default=str)}\n\n".encode()
 
 
-def _chat_input(adapter: TaskAdapter, parsed: Any, payload: Any, stream: bool) -> openai_wire.ChatInput:
+def _chat_input(adapter: TaskAdapter, parsed: Any, payload: Any, stream: bool, fee: int) -> openai_wire.ChatInput:
     model = payload.get("model", "auto") if isinstance(payload, dict) else "auto"
     if model is not None and not isinstance(model, str):
         raise BadRequest("'model' must be a string.", code="invalid_model")
@@ -34,7 +35,7 @@ def _chat_input(adapter: TaskAdapter, parsed: Any, payload: Any, stream: bool) -
     return openai_wire.ChatInput(
         model=model or "auto", messages=[{"role": "user", "content": adapter.input_text(parsed)}],
         max_tokens=max_tokens, temperature=None, stream=stream, steps=adapter.steps_key or adapter.fixed_steps,
-        api_calls="max_api_calls", restrict_classes=adapter.model_classes,
+        api_calls="max_api_calls", restrict_classes=adapter.model_classes, api_call_fee_micro_usd=fee,
     )
 
 
@@ -44,7 +45,8 @@ async def run_task(*, context: TenantContext, adapter: TaskAdapter, payload: Any
     # Everything about the request is checked before admission: nothing admitted fails for its shape.
     openai_wire.check_json_values(payload)
     parsed = adapter.parse(payload)
-    chat = _chat_input(adapter, parsed, payload, stream)
+    fee = await db_step(adapter.api_call_fee_micro_usd)(parsed)
+    chat = _chat_input(adapter, parsed, payload, stream, fee)
     if stream and idempotency_key is not None:
         raise BadRequest("Idempotency-Key is not supported with ?stream=1.", code="invalid_idempotency_key")
     call = MeteredCall(context=context, task_code=adapter.task_code, chat=chat,
@@ -76,15 +78,19 @@ async def run_task(*, context: TenantContext, adapter: TaskAdapter, payload: Any
             except calls.AllCandidatesFailed as failure:
                 failed = provider_failure(failure.last)
                 call.external_calls = run.external_calls
+                call.external_fees_micro_usd = run.external_fees_micro_usd
                 call.fail(UsageLog.Status.ERROR, failed.body["error"]["code"])
                 return failed.status, failed.body
             finally:
                 call.external_calls = run.external_calls
+                call.external_fees_micro_usd = run.external_fees_micro_usd
             outcome = call.current_outcome(UsageLog.Status.SUCCESS)
             body = {"task": adapter.task_code, "request_id": call.request_id, "result": result, "notes": run.notes,
                     "usage": {"tokens_in": outcome.tokens_in, "tokens_out": outcome.tokens_out,
                               "api_calls": outcome.api_calls, "llm_steps": run.steps_used,
-                              "external_calls": run.external_calls, "cost_micro_usd": outcome.cost_micro_usd}}
+                              "external_calls": run.external_calls,
+                              "search_fees_micro_usd": run.external_fees_micro_usd,
+                              "cost_micro_usd": outcome.cost_micro_usd}}
             call.succeed(response_status=200, response_body=body)
             return 200, body
 

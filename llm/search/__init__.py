@@ -1,1 +1,1 @@
-"""Prior-art search clients: OpenAlex (scholarly works) and PatentsView (the PatentSearch API)."""
+"""Prior-art search clients: USPTO Open Data Portal, EPO OPS (patents) and OpenAlex (literature)."""

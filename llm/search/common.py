@@ -21,7 +21,8 @@ import httpx
 from django.conf import settings
 
 T = TypeVar("T")
-External = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+# (service, request kind -- priced per kind in catalog.SearchSourcePrice --, the request)
+External = Callable[[str, str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -30,28 +31,47 @@ TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 class Hit:
     """One candidate from a search service, normalised."""
 
-    source: str  # "openalex" | "patentsview"
-    identifier: str  # a DOI (openalex, when it has one; else the OpenAlex id) or a patent number
+    source: str  # "openalex" | "uspto_odp" | "epo_ops"
+    identifier: str  # a DOI (openalex, when it has one; else the OpenAlex id) or the publication number
     title: str
     year: int | None
     abstract: str
     url: str
     doi: str = ""
-    patent_number: str = ""
-    native_id: str = ""  # the service's own id (OpenAlex W-id, PatentsView patent_id)
+    patent_number: str = ""  # without kind code, for de-duplication ("US9000001", "EP1000000")
+    publication_number: str = ""  # with kind code when known ("US9000001B2", "EP1000000A1")
+    kind: str = ""
+    date: str = ""  # ISO publication (or filing) date
+    cpc: list[str] = field(default_factory=list)
+    applicants: list[str] = field(default_factory=list)
+    family_id: str = ""  # DOCDB simple family (OPS): the same family is one reference
+    native_id: str = ""  # the service's own id (OpenAlex W-id, ODP application number, OPS docdb id)
     found_by: list[str] = field(default_factory=list)  # the queries that returned it
+    sources: list[str] = field(default_factory=list)  # every source that returned it (after merging)
+    cached: bool = False  # served from the shared search cache (no request, no fee)
+
+    def to_cache(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data.pop("cached", None)
+        return data
+
+    @classmethod
+    def from_cache(cls, data: dict[str, Any]) -> Hit:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known, cached=True)
 
 
 class SearchError(Exception):
     """A search request failed. `transient` errors are retried; `sent` says whether it reached the wire."""
 
     def __init__(self, message: str, *, kind: str, transient: bool, sent: bool = True,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, response: httpx.Response | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.transient = transient
         self.sent = sent
         self.retry_after = retry_after
+        self.response = response  # the service's answer, for clients that read its headers
 
 
 class NotSent(SearchError):
@@ -69,7 +89,7 @@ class Attempts:
     not_sent: int = 0
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after_seconds(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
         return None
@@ -97,16 +117,21 @@ async def send_once(client: httpx.AsyncClient, request: httpx.Request, service: 
     if response.status_code >= 400:
         transient = response.status_code in TRANSIENT_STATUSES
         raise SearchError(f"{service} answered HTTP {response.status_code}", kind=f"http_{response.status_code}",
-                          transient=transient, retry_after=_retry_after(response) if transient else None)
+                          transient=transient, retry_after=retry_after_seconds(response), response=response)
     return response
 
 
 async def with_retries(external: External, service: str, build: Callable[[], httpx.Request],
-                       client: httpx.AsyncClient, attempts: Attempts) -> Any:
+                       client: httpx.AsyncClient, attempts: Attempts, *, kind: str = "search",
+                       on_response: Callable[[httpx.Response], None] | None = None,
+                       on_error: Callable[[SearchError], Awaitable[bool]] | None = None) -> Any:
     """Send a request, retrying transient failures up to SEARCH_RETRIES times; returns the parsed JSON.
 
-    Each attempt goes through `external` (counted when sent). BudgetExhausted from `external`
-    propagates unchanged: the caller stops and returns what it has."""
+    Each attempt goes through `external` (counted and priced as `kind` when sent). `on_response`
+    sees every answer (throttling headers); `on_error` may repair a failure (a refreshed token) and
+    return True for one more attempt. BudgetExhausted from `external` propagates unchanged: the
+    caller stops and returns what it has."""
+    repaired = False
     retries = max(0, int(settings.SEARCH_RETRIES))
     last: SearchError | None = None
     for attempt in range(retries + 1):
@@ -117,7 +142,7 @@ async def with_retries(external: External, service: str, build: Callable[[], htt
             if pause:
                 await asyncio.sleep(pause)
         try:
-            response = await external(service, lambda: send_once(client, build(), service))
+            response = await external(service, kind, lambda: send_once(client, build(), service))
         except NotSent as error:
             attempts.not_sent += 1
             last = error
@@ -125,10 +150,18 @@ async def with_retries(external: External, service: str, build: Callable[[], htt
         except SearchError as error:
             attempts.sent += 1
             last = error
+            if on_response is not None and error.response is not None:
+                on_response(error.response)
+            if on_error is not None and not repaired and await on_error(error):
+                repaired = True
+                return await with_retries(external, service, build, client, attempts, kind=kind,
+                                          on_response=on_response, on_error=None)
             if not error.transient:
                 raise
             continue
         attempts.sent += 1
+        if on_response is not None:
+            on_response(response)
         try:
             return response.json()
         except ValueError:
@@ -154,11 +187,16 @@ def normalize_title(title: str | None) -> str:
 
 
 def normalize_patent_number(number: str | None) -> str:
-    """"US 10,000,000 B2" / "10000000" -> "US10000000" (kind codes and separators dropped)."""
+    """"US 10,000,000 B2" / "10000000" -> "US10000000" (kind codes and separators dropped); a US
+    pre-grant publication "US20090108066A1" -> "US2009108066", its DOCDB form, so ODP's and OPS's
+    numbers for one document compare equal."""
     text = re.sub(r"[\s,./-]", "", (number or "").upper())
     text = re.sub(r"(?<=\d)[A-Z]\d?$", "", text)  # kind code, e.g. B2
     if text and not text[:2].isalpha():
         text = "US" + text
+    pregrant = re.fullmatch(r"US((?:19|20)\d\d)0(\d{6})", text)
+    if pregrant:
+        text = f"US{pregrant.group(1)}{pregrant.group(2)}"
     return text
 
 
@@ -170,17 +208,26 @@ def dedupe(hits: list[Hit]) -> list[Hit]:
         keys = [k for k in (
             "doi:" + normalize_doi(hit.doi) if hit.doi else "",
             "pat:" + normalize_patent_number(hit.patent_number) if hit.patent_number else "",
+            "family:" + hit.family_id if hit.family_id else "",
             "id:" + hit.source + ":" + hit.native_id if hit.native_id else "",
             "title:" + normalize_title(hit.title) if normalize_title(hit.title) else "",
         ) if k]
         first = next((seen[k] for k in keys if k in seen), None)
         if first is not None:
+            if hit.source not in first.sources:
+                first.sources.append(hit.source)
             first.found_by.extend(q for q in hit.found_by if q not in first.found_by)
             if not first.abstract and hit.abstract:
                 first.abstract = hit.abstract
+            for name in ("cpc", "applicants"):
+                if not getattr(first, name) and getattr(hit, name):
+                    setattr(first, name, list(getattr(hit, name)))
+            first.cached = first.cached and hit.cached
             for key in keys:
                 seen.setdefault(key, first)
             continue
+        if hit.source not in hit.sources:
+            hit.sources.insert(0, hit.source)
         kept.append(hit)
         for key in keys:
             seen[key] = hit

@@ -4,7 +4,8 @@ Response shape (https://developers.openalex.org/api-reference/works): `{"meta": 
 where a work has `id` ("https://openalex.org/W..."), `doi` ("https://doi.org/10...." or null), `title` /
 `display_name`, `publication_year`, `abstract_inverted_index` ({word: [positions]} or null) and
 `primary_location.landing_page_url`. Since 2026 OpenAlex wants a (free) `api_key`; `mailto` identifies
-the caller.
+the caller. Priced per request kind (catalog.SearchSourcePrice): a `search=` request is OpenAlex's
+"search" tier ($1 per 1,000 calls), a filter-only list its "list" tier ($0.10 per 1,000).
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def parse_work(work: Any) -> Hit | None:
     url = location.get("landing_page_url") if isinstance(location.get("landing_page_url"), str) else ""
     url = url or (f"https://doi.org/{doi}" if doi else native)
     short_id = native.rsplit("/", 1)[-1]
-    return Hit(source=SERVICE, identifier=doi or short_id, title=title.strip(),
+    date = work.get("publication_date") if isinstance(work.get("publication_date"), str) else ""
+    return Hit(source=SERVICE, identifier=doi or short_id, title=title.strip(), date=date[:10],
                year=_year(work.get("publication_year")),
                abstract=abstract_from_inverted_index(work.get("abstract_inverted_index")), url=url, doi=doi,
                native_id=short_id)
@@ -99,7 +101,8 @@ class OpenAlexClient:
             return self.client.build_request("GET", f"{self.base_url}/works", params=params,
                                              headers={"Accept": "application/json"})
 
-        body = await with_retries(external, SERVICE, build, self.client, attempts)
+        kind = "search" if params.get("search") else "list"
+        body = await with_retries(external, SERVICE, build, self.client, attempts, kind=kind)
         results = body.get("results") if isinstance(body, dict) else None
         if not isinstance(results, list):
             raise SearchError("openalex answered without a 'results' list", kind="bad_response", transient=False)

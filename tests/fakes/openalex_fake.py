@@ -1,11 +1,12 @@
-"""A loopback fake of the OpenAlex works API (`GET /works`), plus the small HTTP server both search
-fakes share.
+"""A loopback fake of the OpenAlex works API (`GET /works`), plus the small HTTP server the search
+fakes share (ODP: tests/fakes/uspto_odp_fake.py, OPS: tests/fakes/epo_ops_fake.py).
 
 `SearchFake` is a real HTTP/1.1 server on 127.0.0.1 in a background thread. It records every request
 that reached it (`received`, `request_count`) and follows a fault script consumed one entry per
-request: `fail_next(status)` (an error status with the service's error body), `delay_next(seconds)`
-(answer late: beyond the client's timeout it is a slow service), and `go_down()` / `come_up()`
-(connection refused: such requests never reach it and are not counted).
+request: `fail_next(status, headers=...)` (an error status with the service's error body and e.g. a
+`Retry-After`), `malformed_next()` (a 200 whose body is not JSON), `delay_next(seconds)` (answer late:
+beyond the client's timeout it is a slow service), and `go_down()` / `come_up()` (connection refused:
+such requests never reach it and are not counted). OpenAlex checks `api_key` when the fake has one.
 
 `OpenAlexFake` answers `GET /works?search=...&filter=...&per-page=...&select=...` from a small fixed
 corpus with OpenAlex's response shape: `{"meta": {...}, "results": [work], "group_by": []}` where a work
@@ -33,6 +34,14 @@ class Request:
     params: dict[str, str]
     headers: dict[str, str]
     body: Any
+
+
+@dataclass
+class RawBody:
+    """A body sent as it is (not JSON-encoded): OPS's XML faults, a broken body."""
+
+    data: bytes
+    content_type: str = "application/xml"
 
 
 class _Server(ThreadingHTTPServer):
@@ -64,7 +73,7 @@ class SearchFake:
     def __init__(self) -> None:
         self.received: list[Request] = []
         self.port = 0
-        self._faults: deque[tuple[str, float]] = deque()
+        self._faults: deque[tuple[str, float, dict[str, str]]] = deque()
         self._lock = threading.Lock()
         self._httpd: _Server | None = None
         self._serve()
@@ -103,13 +112,17 @@ class SearchFake:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def fail_next(self, status: int, times: int = 1) -> None:
+    def fail_next(self, status: int, times: int = 1, headers: dict[str, str] | None = None) -> None:
         with self._lock:
-            self._faults.extend(("status", float(status)) for _ in range(times))
+            self._faults.extend(("status", float(status), dict(headers or {})) for _ in range(times))
+
+    def malformed_next(self, times: int = 1) -> None:
+        with self._lock:
+            self._faults.extend(("malformed", 0.0, {}) for _ in range(times))
 
     def delay_next(self, seconds: float, times: int = 1) -> None:
         with self._lock:
-            self._faults.extend(("delay", seconds) for _ in range(times))
+            self._faults.extend(("delay", seconds, {}) for _ in range(times))
 
     # ---- request handling ------------------------------------------------------------------------
 
@@ -129,13 +142,20 @@ class SearchFake:
         try:
             if fault and fault[0] == "delay":
                 time.sleep(fault[1])
+            content_type = "application/json"
             if fault and fault[0] == "status":
                 status, payload, headers = self.error(int(fault[1]), "injected fault")
+                headers = {**headers, **fault[2]}
+            elif fault and fault[0] == "malformed":
+                status, payload, headers = 200, RawBody(b'{"truncated": [', "application/json"), {}
             else:
                 status, payload, headers = self.respond(request)
-            data = json.dumps(payload).encode()
+            if isinstance(payload, RawBody):
+                data, content_type = payload.data, payload.content_type
+            else:
+                data = json.dumps(payload).encode()
             h.send_response(status)
-            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Type", content_type)
             h.send_header("Content-Length", str(len(data)))
             for key, value in headers.items():
                 h.send_header(key, value)
@@ -196,6 +216,10 @@ WORKS = [
 class OpenAlexFake(SearchFake):
     name = "openalex"
 
+    def __init__(self, api_key: str | None = None) -> None:
+        self.api_key = api_key  # None: no key needed (OpenAlex's keyless allowance)
+        super().__init__()
+
     @staticmethod
     def work(entry: tuple) -> dict[str, Any]:
         wid, doi, title, date, abstract, landing = entry
@@ -223,6 +247,8 @@ class OpenAlexFake(SearchFake):
     def respond(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         if request.method != "GET" or request.path.rstrip("/") != "/works":
             return self.error(404, f"no route {request.method} {request.path}")
+        if self.api_key is not None and request.params.get("api_key") != self.api_key:
+            return self.error(401, "Invalid or missing API key")
         params = request.params
         try:
             per_page = int(params.get("per-page", params.get("per_page", "25")))

@@ -8,7 +8,16 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from catalog.models import Feature, ModelClass, Plan, PlanFeature, PlanLLMAccess, ProviderModel, Task
+from catalog.models import (
+    Feature,
+    ModelClass,
+    Plan,
+    PlanFeature,
+    PlanLLMAccess,
+    ProviderModel,
+    SearchSourcePrice,
+    Task,
+)
 from metering.models import PolicyRule
 from metering.policy_keys import validate_value
 
@@ -46,6 +55,17 @@ PROVIDER_MODELS = [
     ("offline", "offline-pro-m", "PRO_M", 2_500_000, 10_000_000, 128_000, 16_384, 1000),
     ("offline", "offline-pro-l", "PRO_L", 3_000_000, 15_000_000, 200_000, 32_000, 1000),
     ("offline", "offline-advanced", "ADVANCED", 15_000_000, 75_000_000, 200_000, 32_000, 1000),
+]
+# Prior-art search fees per request (source, kind, micro-USD, where the figure comes from). OpenAlex's
+# published API prices: search $1 / 1,000 calls, list/filter $0.10 / 1,000, singletons free. The
+# USPTO ODP and EPO OPS are free under their fair-use terms: 0, editable in the admin.
+SEARCH_PRICES = [
+    ("openalex", "search", 1_000, "OpenAlex: search $1 per 1,000 calls"),
+    ("openalex", "list", 100, "OpenAlex: list/filter $0.10 per 1,000 calls"),
+    ("openalex", "singleton", 0, "OpenAlex: get by id is free"),
+    ("uspto_odp", "search", 0, "USPTO ODP: free with an API key (fair use)"),
+    ("epo_ops", "search", 0, "EPO OPS: free within the fair-use quota (4 GB/week)"),
+    ("epo_ops", "token", 0, "EPO OPS: OAuth token requests are free"),
 ]
 PLANS = {
     "FREE": ("Free", {"LLM1_PRIOR_ART": ["BASE_S"], "LLM3_DIAGRAM": ["BASE_M"]}),
@@ -123,6 +143,10 @@ class Command(BaseCommand):
                 },
             )
             count("provider models", c)
+        for source, kind, price, note in SEARCH_PRICES:
+            _, c = SearchSourcePrice.objects.get_or_create(
+                source=source, request_kind=kind, defaults={"micro_usd": price, "note": note})
+            count("search prices", c)
         plans = {}
         for plan_code, (name, access) in PLANS.items():
             plans[plan_code], c = Plan.objects.get_or_create(code=plan_code, defaults={"name": name})
