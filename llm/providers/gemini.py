@@ -14,6 +14,9 @@ and event loop (see `PerLoop`), so each loop's connection pool is closed when th
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,11 +29,14 @@ from llm.providers._common import MALFORMED_ERRORS, PerLoop, StreamMeter, for_st
 from llm.providers.base import (
     ChatRequest,
     ChatResult,
+    Choice,
     ProviderBadRequest,
     ProviderConnectionError,
     ProviderContentFiltered,
     ProviderError,
     StreamDelta,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
 from llm.providers.scrub import secret_register
@@ -55,6 +61,26 @@ def _text(candidate: Any) -> str:
     if content is None or not content.parts:
         return ""
     return "".join(part.text for part in content.parts if part.text and not part.thought)
+
+
+def _calls(candidate: Any, seen: int = 0) -> list[ToolCall]:
+    """The function calls of a candidate, in OpenAI's shape (Gemini may leave out the id: one is made
+    from the position, stable for the same answer)."""
+    content = candidate.content
+    calls = []
+    for part in (content.parts or ()) if content is not None else ():
+        if part.function_call is not None and part.function_call.name:
+            call = part.function_call
+            arguments = json.dumps(call.args or {}, separators=(",", ":"))
+            call_id = call.id or "call_" + hashlib.sha256(
+                f"{seen + len(calls)}:{call.name}:{arguments}".encode()).hexdigest()[:24]
+            calls.append(ToolCall(id=call_id, name=call.name, arguments=arguments))
+    return calls
+
+
+def _finish(candidate: Any, calls: list[ToolCall]) -> str:
+    reason = _name(candidate.finish_reason) or "STOP"
+    return "tool_calls" if calls and reason == "STOP" else FINISH_REASONS.get(reason, "stop")
 
 
 def _usage(meta: Any) -> Usage | None:
@@ -107,26 +133,90 @@ class GeminiProvider:
         """Close the running event loop's client now (it is otherwise closed when its loop shuts down)."""
         await self._clients.aclose()
 
+    def unsupported(self, request: ChatRequest) -> list[str]:
+        options = request.options
+        refused = [n for n in options.asked() if n in ("logprobs", "top_logprobs", "user", "metadata")]
+        if options.parallel_tool_calls is False:
+            refused.append("parallel_tool_calls=false")  # Gemini has no switch for one call at a time
+        if any(part.get("image_url", {}).get("url", "").startswith(("http://", "https://"))
+               for m in request.messages if isinstance(m.get("content"), list) for part in m["content"]
+               if part.get("type") == "image_url"):
+            refused.append("image_url with an http(s) URL (send a data: URL)")
+        return refused
+
     @staticmethod
-    def _convert(request: ChatRequest) -> tuple[list[types.Content], types.GenerateContentConfig]:
+    def _parts(message: dict[str, Any], names: dict[str, str]) -> list[types.Part]:
+        """One OpenAI-shaped message as Gemini parts: text, inline images, function calls / responses."""
+        role, content = message.get("role"), message.get("content")
+        if role == "tool":
+            name = names.get(message.get("tool_call_id") or "", "")
+            return [types.Part(function_response=types.FunctionResponse(
+                id=message.get("tool_call_id"), name=name, response={"result": message_text(message)}))]
+        parts: list[types.Part] = []
+        if isinstance(content, list):
+            for part in content:
+                if part.get("type") == "text":
+                    parts.append(types.Part(text=part["text"]))
+                elif part.get("type") == "image_url":
+                    header, _, data = part["image_url"]["url"].partition(",")
+                    parts.append(types.Part(inline_data=types.Blob(
+                        mime_type=header.removeprefix("data:").removesuffix(";base64"),
+                        data=base64.b64decode(data))))
+        elif content:
+            parts.append(types.Part(text=content))
+        for call in message.get("tool_calls") or ():
+            names[call["id"]] = call["function"]["name"]
+            try:
+                args = json.loads(call["function"]["arguments"] or "{}")
+            except ValueError:
+                args = {"arguments": call["function"]["arguments"]}
+            parts.append(types.Part(function_call=types.FunctionCall(
+                id=call["id"], name=call["function"]["name"], args=args if isinstance(args, dict) else {"value": args})))
+        return parts or [types.Part(text="")]
+
+    @classmethod
+    def _convert(cls, request: ChatRequest) -> tuple[list[types.Content], types.GenerateContentConfig]:
         system: list[str] = []
         contents: list[types.Content] = []
+        names: dict[str, str] = {}  # tool call id -> function name (Gemini answers calls by name)
         for message in request.messages:
-            role, text = message.get("role"), message_text(message)
+            role = message.get("role")
             if role in ("system", "developer"):
-                system.append(text)
+                system.append(message_text(message))
+                continue
+            gemini_role = "model" if role == "assistant" else "user"
+            parts = cls._parts(message, names)
+            if contents and contents[-1].role == gemini_role and role == "tool":
+                contents[-1].parts.extend(parts)  # several tool results answer one turn together
             else:
-                contents.append(types.Content(role="model" if role == "assistant" else "user",
-                                              parts=[types.Part(text=text)]))
+                contents.append(types.Content(role=gemini_role, parts=parts))
         if not contents:
             raise ProviderBadRequest("at least one user or assistant message is required", provider="gemini")
+        options = request.options
         config = types.GenerateContentConfig(
             system_instruction="\n\n".join(system) if system else None,
             max_output_tokens=request.max_tokens,
             temperature=request.temperature,
             automatic_continuation=False,
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+            top_p=options.top_p, seed=options.seed, presence_penalty=options.presence_penalty,
+            frequency_penalty=options.frequency_penalty, stop_sequences=list(options.stop) or None,
+            candidate_count=options.n if options.n != 1 else None,
         )
+        if options.tools:
+            config.tools = [types.Tool(function_declarations=[
+                types.FunctionDeclaration(name=t.name, description=t.description or None,
+                                          parameters_json_schema=t.parameters) for t in options.tools])]
+        if options.tool_choice is not None:
+            choice = options.tool_choice
+            mode = {"auto": "AUTO", "none": "NONE", "required": "ANY", "function": "ANY"}[choice.mode]
+            config.tool_config = types.ToolConfig(function_calling_config=types.FunctionCallingConfig(
+                mode=mode, allowed_function_names=[choice.name] if choice.name else None))
+        fmt = options.response_format
+        if fmt is not None and fmt.type != "text":
+            config.response_mime_type = "application/json"
+            if fmt.type == "json_schema":
+                config.response_json_schema = fmt.schema
         return contents, config
 
     def _map(self, exc: Exception, *, tokens_in: int = 0, tokens_out: int = 0) -> ProviderError | None:
@@ -165,16 +255,21 @@ class GeminiProvider:
             raise self._filtered(f"the prompt was blocked ({blocked})", usage, {"tokens_in": 0, "tokens_out": 0})
         if not response.candidates:
             raise malformed(self.name, "no candidates and no prompt feedback")
-        candidate = response.candidates[0]
-        text = _text(candidate)
-        reason = _name(candidate.finish_reason) or "STOP"
+        candidates = sorted(response.candidates, key=lambda c: c.index or 0)
+        choices = []
+        for candidate in candidates:
+            calls = _calls(candidate)
+            choices.append(Choice(text=_text(candidate), finish_reason=_finish(candidate, calls), tool_calls=calls))
+        first, reason = choices[0], _name(candidates[0].finish_reason) or "STOP"
         if usage is None:
-            usage = Usage(self.count_tokens(request.messages, request.model), text_tokens(text, request.model),
+            out = "".join(c.text + "".join(t.arguments for t in c.tool_calls) for c in choices)
+            usage = Usage(self.count_tokens(request.messages, request.model), text_tokens(out, request.model),
                           estimated=True)
         if reason in FILTER_REASONS:
             raise self._filtered(f"the answer was stopped by the content filter ({reason})", usage, {})
-        return ChatResult(text=text, finish_reason=FINISH_REASONS.get(reason, "stop"), usage=usage,
-                          provider_response_id=response.response_id or "")
+        return ChatResult(text=first.text, finish_reason=first.finish_reason, usage=usage,
+                          provider_response_id=response.response_id or "", tool_calls=first.tool_calls,
+                          alternatives=choices[1:])
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
         contents, config = self._convert(request)
@@ -192,6 +287,7 @@ class GeminiProvider:
         reason: str | None = None
         usage: Usage | None = None
         blocked: str | None = None
+        called = 0  # Gemini sends each function call whole: one OpenAI tool-call delta each
         try:
             async for chunk in stream:
                 meter.started = True
@@ -204,6 +300,12 @@ class GeminiProvider:
                     if piece := _text(candidate):
                         meter.add(piece)
                         yield StreamDelta(text=piece)
+                    if calls := _calls(candidate, called):
+                        meter.add("".join(c.arguments for c in calls))
+                        yield StreamDelta(tool_calls=[
+                            ToolCallDelta(index=called + i, id=c.id, name=c.name, arguments=c.arguments)
+                            for i, c in enumerate(calls)])
+                        called += len(calls)
                     reason = _name(candidate.finish_reason) or reason
         except Exception as exc:
             mapped = self._map(exc, **meter.consumed())
@@ -219,4 +321,5 @@ class GeminiProvider:
                                           **meter.consumed())
         if reason in FILTER_REASONS:
             raise self._filtered(f"the answer was stopped by the content filter ({reason})", usage, meter.consumed())
-        yield StreamDelta(finish_reason=FINISH_REASONS.get(reason, "stop"), usage=usage)
+        finish = "tool_calls" if called and reason == "STOP" else FINISH_REASONS.get(reason, "stop")
+        yield StreamDelta(finish_reason=finish, usage=usage)
