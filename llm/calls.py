@@ -23,8 +23,10 @@ from django.conf import settings
 from catalog.selectors import ModelInfo
 from llm import metrics, provider_alerts, router
 from llm.providers.base import (
+    NO_OPTIONS,
     ChatRequest,
     ChatResult,
+    GenerationOptions,
     Provider,
     ProviderAuthError,
     ProviderError,
@@ -110,9 +112,10 @@ def _failed(attempt: Attempt, model: ModelInfo, error: ProviderError, elapsed: f
                     error.kind, error.detail)
 
 
-def _request(model: ModelInfo, messages: list[dict[str, Any]], max_tokens: int, temperature: float | None
-             ) -> ChatRequest:
-    return ChatRequest(model=model.model_name, messages=messages, max_tokens=max_tokens, temperature=temperature)
+def _request(model: ModelInfo, messages: list[dict[str, Any]], max_tokens: int, temperature: float | None,
+             options: GenerationOptions = NO_OPTIONS) -> ChatRequest:
+    return ChatRequest(model=model.model_name, messages=messages, max_tokens=max_tokens, temperature=temperature,
+                       options=options)
 
 
 def _usable(candidates: list[tuple[ModelInfo, Provider]]) -> Iterator[tuple[ModelInfo, Provider]]:
@@ -134,7 +137,7 @@ async def _pause_before_next(attempt_index: int, deadline: float) -> bool:
 
 async def chat_with_fallback(
     candidates: list[tuple[ModelInfo, Provider]], messages: list[dict[str, Any]], max_tokens: int,
-    temperature: float | None, spend: Spend, task_code: str,
+    temperature: float | None, spend: Spend, task_code: str, options: GenerationOptions = NO_OPTIONS,
 ) -> ChatResult:
     deadline = time.monotonic() + settings.ROUTER_DEADLINE_SECONDS
     last: ProviderError | None = None
@@ -149,7 +152,7 @@ async def chat_with_fallback(
             try:
                 # A timeout scope, not wait_for: no extra task per call (and per stream chunk below).
                 async with asyncio.timeout(timeout):
-                    result = await provider.chat(_request(model, messages, max_tokens, temperature))
+                    result = await provider.chat(_request(model, messages, max_tokens, temperature, options))
             except TimeoutError:
                 raise ProviderTimeout(f"no answer within the attempt timeout ({timeout:.0f} s)",
                                       provider=model.provider) from None
@@ -190,8 +193,10 @@ class StreamState:
 async def stream_with_fallback(
     candidates: list[tuple[ModelInfo, Provider]], messages: list[dict[str, Any]], max_tokens: int,
     temperature: float | None, spend: Spend, state: StreamState, task_code: str,
-) -> AsyncIterator[str]:
-    """Yield text pieces. Falls back only while nothing has been sent; enforces max_tokens itself
+    options: GenerationOptions = NO_OPTIONS,
+) -> AsyncIterator[str | StreamDelta]:
+    """Yield text pieces (str) and, when the model calls tools, StreamDelta objects carrying the
+    tool-call pieces (their arguments count as output). Falls back only while nothing has been sent; enforces max_tokens itself
     too (a provider that ignores it is cut off), and meters from the provider's stream usage or,
     when it reports none, from the streamed text (flagged as estimated)."""
     deadline = time.monotonic() + settings.ROUTER_DEADLINE_SECONDS
@@ -205,13 +210,19 @@ async def stream_with_fallback(
         usage: Usage | None = None
         produced: list[str] = []
         try:
-            upstream = provider.stream(_request(model, messages, max_tokens, temperature))
+            upstream = provider.stream(_request(model, messages, max_tokens, temperature, options))
             async with contextlib.aclosing(upstream) as deltas:
                 async for delta in _with_deadline(deltas, deadline):
                     if delta.usage is not None:
                         usage = delta.usage
                     if delta.finish_reason:
                         state.finish_reason = delta.finish_reason
+                    if delta.tool_calls:
+                        produced.append("".join(d.arguments for d in delta.tool_calls))
+                        state.started_client = True
+                        attempt.tokens_out = text_tokens("".join(produced))
+                        attempt.estimated = True
+                        yield StreamDelta(tool_calls=delta.tool_calls)
                     if delta.text:
                         if _pieces("".join(produced) + delta.text) > max_tokens + max_tokens // 10 + 4:
                             state.finish_reason = "length"

@@ -9,6 +9,7 @@ transaction while a provider is awaited.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from gateway_project.errors import BadRequest
 from llm import calls, openai_wire
 from llm.metered import CallResponse, MeteredCall, SettledOnClose, enforcement_mode, provider_failure
-from llm.tokenizer import messages_tokens
+from llm.tokenizer import messages_tokens, text_tokens
 from metering.models import UsageLog
 from tenants.selectors import TenantContext
 
@@ -25,9 +26,29 @@ GatewayResponse = CallResponse  # the name the task pipelines and views use
 __all__ = ["GatewayResponse", "chat_request", "enforcement_mode"]
 
 
+# What an image part is held at before the provider reports its real count (OpenAI bills a
+# high-detail 2048x2048 image at 1105 tokens; Gemini 258 per tile; Anthropic about 1600 at most).
+IMAGE_TOKENS_HELD = 1600
+
+
+def prompt_tokens(chat: openai_wire.ChatInput) -> int:
+    """The input the worst case is held for: the messages, the tool definitions (providers bill them
+    as input) and a ceiling per image. Settlement charges what the provider reports."""
+    tokens = messages_tokens(chat.messages)
+    options = chat.options
+    if options.tools:
+        tokens += text_tokens(json.dumps([{"name": t.name, "description": t.description, "parameters": t.parameters}
+                                          for t in options.tools], separators=(",", ":")))
+    if options.response_format is not None and options.response_format.schema is not None:
+        tokens += text_tokens(json.dumps(options.response_format.schema, separators=(",", ":")))
+    images = sum(1 for m in chat.messages if isinstance(m.get("content"), list)
+                 for part in m["content"] if part.get("type") == "image_url")
+    return tokens + images * IMAGE_TOKENS_HELD
+
+
 def _metered_call(context: TenantContext, task_code: str, body: Any, chat: openai_wire.ChatInput,
                   idempotency_key: str | None) -> MeteredCall:
-    return MeteredCall(context=context, task_code=task_code, chat=chat, tokens_in=messages_tokens(chat.messages),
+    return MeteredCall(context=context, task_code=task_code, chat=chat, tokens_in=prompt_tokens(chat),
                        idempotency_key=idempotency_key, fingerprint=openai_wire.fingerprint(task_code, body))
 
 
@@ -52,7 +73,7 @@ async def _complete(context: TenantContext, task_code: str, body: Any, chat: ope
     async with call.running():
         try:
             result = await calls.chat_with_fallback(call.candidates, chat.messages, decision.max_tokens_out,
-                                                    chat.temperature, call.spend, task_code)
+                                                    chat.temperature, call.spend, task_code, chat.options)
         except calls.AllCandidatesFailed as failure:
             response = provider_failure(failure.last)
             call.fail(UsageLog.Status.ERROR, response.body["error"]["code"])
@@ -91,11 +112,15 @@ async def _stream_events(call: MeteredCall) -> AsyncIterator[bytes]:
         first = True
         try:
             async for piece in calls.stream_with_fallback(call.candidates, chat.messages, decision.max_tokens_out,
-                                                          chat.temperature, call.spend, state, call.task_code):
+                                                          chat.temperature, call.spend, state, call.task_code,
+                                                          chat.options):
                 if first:
                     yield chunk({"role": "assistant", "content": ""})
                     first = False
-                yield chunk({"content": piece})
+                if isinstance(piece, str):
+                    yield chunk({"content": piece})
+                else:  # tool-call pieces, in OpenAI's streamed shape
+                    yield chunk({"tool_calls": openai_wire.tool_call_deltas_body(piece.tool_calls)})
         except calls.AllCandidatesFailed as failure:
             failed = provider_failure(failure.last)
             call.fail(UsageLog.Status.ERROR, failed.body["error"]["code"])

@@ -43,6 +43,7 @@ from gateway_project.errors import (
 from llm import calls, metrics, router
 from llm.db import db_step
 from llm.openai_wire import ChatInput
+from llm.providers import capabilities
 from llm.providers.base import Provider, ProviderError
 from llm.providers.registry import servable
 from metering import services as metering
@@ -111,12 +112,15 @@ def _replay_lookup(context: TenantContext, key: str, print_: str) -> _Replay | _
 
 def _decision(context: TenantContext, task_code: str, chat: ChatInput, tokens_in: int, now: datetime, mode: str,
               usage_unavailable: bool = False) -> EnforcementDecision:
-    return policy_evaluate(
+    decision = policy_evaluate(
         context=context, task_code=task_code, requested_model=chat.model, tokens_in=tokens_in,
         requested_max_tokens_out=chat.max_tokens, now=now, mode=mode, steps=chat.steps, api_calls=chat.api_calls,
         restrict_classes=chat.restrict_classes, usage_unavailable=usage_unavailable,
         api_call_fee_micro_usd=chat.api_call_fee_micro_usd,
     )
+    if decision.allowed:  # before any hold: a request no candidate can serve is a 400, never charged
+        capabilities.narrow(decision, chat.messages, chat.options)
+    return decision
 
 
 def _admit(context: TenantContext, task_code: str, chat: ChatInput, tokens_in: int, request_id: str,

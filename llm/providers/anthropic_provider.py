@@ -12,6 +12,7 @@ cumulative output (not an increment). An `error` event inside a 200 stream is ma
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,11 +30,14 @@ from llm.providers._common import (
 from llm.providers.base import (
     ChatRequest,
     ChatResult,
+    GenerationOptions,
     ProviderConnectionError,
     ProviderContentFiltered,
     ProviderError,
     ProviderTimeout,
     StreamDelta,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
 from llm.providers.scrub import secret_register
@@ -46,6 +50,33 @@ STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop
 ERROR_TYPE_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
                      "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
                      "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
+
+
+def anthropic_options(options: GenerationOptions) -> dict[str, Any]:
+    """The request's options in the Messages API's terms (what `unsupported` does not refuse)."""
+    params: dict[str, Any] = {}
+    if options.tools:
+        params["tools"] = [{"name": t.name, "input_schema": t.parameters,
+                            **({"description": t.description} if t.description else {}),
+                            **({"strict": t.strict} if t.strict is not None else {})} for t in options.tools]
+    choice = options.tool_choice
+    if choice is not None or options.parallel_tool_calls is False:
+        mode = choice.mode if choice is not None else "auto"
+        tool_choice: dict[str, Any] = {"auto": {"type": "auto"}, "none": {"type": "none"},
+                                       "required": {"type": "any"}}.get(mode) or {"type": "tool", "name": choice.name}
+        if options.parallel_tool_calls is False and mode != "none":
+            tool_choice["disable_parallel_tool_use"] = True
+        params["tool_choice"] = tool_choice
+    fmt = options.response_format
+    if fmt is not None and fmt.type != "text":
+        # JSON mode is structured output with the most general schema: some JSON object.
+        schema = fmt.schema if fmt.type == "json_schema" else {"type": "object"}
+        params["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+    if options.stop:
+        params["stop_sequences"] = list(options.stop)
+    if options.user is not None:
+        params["metadata"] = {"user_id": options.user}
+    return params
 
 
 def _input_tokens(usage: Any) -> int:
@@ -73,19 +104,64 @@ class AnthropicProvider:
         """Close the running event loop's client now (it is otherwise closed when its loop shuts down)."""
         await self._clients.aclose()
 
+    def unsupported(self, request: ChatRequest) -> list[str]:
+        # No sampling parameters in API version 2026-10-21 (top_p is a 400 there), no seed, penalties,
+        # several completions, logprobs, or free-form metadata (only metadata.user_id, which `user` maps to).
+        return [n for n in request.options.asked() if n in (
+            "top_p", "seed", "n", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "metadata")]
+
     @staticmethod
-    def _params(request: ChatRequest) -> dict[str, Any]:
+    def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
+        """One OpenAI-shaped message as Anthropic content blocks."""
+        role, content = message.get("role"), message.get("content")
+        if role == "tool":
+            return [{"type": "tool_result", "tool_use_id": message["tool_call_id"], "content": message_text(message)}]
+        blocks: list[dict[str, Any]] = []
+        if isinstance(content, list):
+            for part in content:
+                if part.get("type") == "text":
+                    blocks.append({"type": "text", "text": part["text"]})
+                elif part.get("type") == "image_url":
+                    url = part["image_url"]["url"]
+                    if url.startswith("data:"):
+                        header, _, data = url.partition(",")
+                        source = {"type": "base64", "media_type": header[5:].removesuffix(";base64"), "data": data}
+                    else:
+                        source = {"type": "url", "url": url}
+                    blocks.append({"type": "image", "source": source})
+        elif content:
+            blocks.append({"type": "text", "text": content})
+        for call in message.get("tool_calls") or ():
+            try:
+                arguments = json.loads(call["function"]["arguments"] or "{}")
+            except ValueError:
+                arguments = {}
+            blocks.append({"type": "tool_use", "id": call["id"], "name": call["function"]["name"],
+                           "input": arguments if isinstance(arguments, dict) else {}})
+        return blocks
+
+    @classmethod
+    def _params(cls, request: ChatRequest) -> dict[str, Any]:
         system: list[str] = []
         messages: list[dict[str, Any]] = []
         for message in request.messages:
-            role, text = message.get("role"), message_text(message)
+            role = message.get("role")
             if role in ("system", "developer"):
-                system.append(text)
+                system.append(message_text(message))
+                continue
+            anthropic_role = "assistant" if role == "assistant" else "user"
+            blocks = cls._blocks(message)
+            if messages and messages[-1]["role"] == anthropic_role and isinstance(messages[-1]["content"], list):
+                messages[-1]["content"].extend(blocks)  # tool results (and what follows) share one user turn
+            elif all(b["type"] == "text" for b in blocks) and role != "tool":
+                messages.append({"role": anthropic_role, "content": "".join(b["text"] for b in blocks)
+                                 if len(blocks) <= 1 else blocks})
             else:
-                messages.append({"role": "assistant" if role == "assistant" else "user", "content": text})
+                messages.append({"role": anthropic_role, "content": blocks})
         params: dict[str, Any] = {"model": request.model, "max_tokens": request.max_tokens, "messages": messages}
         if system:
             params["system"] = "\n\n".join(system)
+        params.update(anthropic_options(request.options))
         return params
 
     def _map(self, exc: Exception, *, tokens_in: int = 0, tokens_out: int = 0) -> ProviderError | None:
@@ -120,6 +196,8 @@ class AnthropicProvider:
             raise mapped from exc
         try:
             text = "".join(block.text for block in message.content if block.type == "text")
+            calls = [ToolCall(id=block.id, name=block.name, arguments=json.dumps(block.input, separators=(",", ":")))
+                     for block in message.content if block.type == "tool_use"]
             usage = Usage(_input_tokens(message.usage), message.usage.output_tokens)
             stop = message.stop_reason
             response_id = message.id or ""
@@ -131,7 +209,7 @@ class AnthropicProvider:
             raise ProviderContentFiltered("the model refused (stop_reason refusal)", provider=self.name,
                                           tokens_in=usage.tokens_in, tokens_out=usage.tokens_out)
         return ChatResult(text=text, finish_reason=STOP_REASONS.get(stop or "", "stop"), usage=usage,
-                          provider_response_id=response_id)
+                          provider_response_id=response_id, tool_calls=calls)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
         client = await self._clients.get()
@@ -147,14 +225,25 @@ class AnthropicProvider:
         stop: str | None = None
         tokens_in: int | None = None
         tokens_out: int | None = None
+        tool_index: dict[int, int] = {}  # content block index -> OpenAI tool call index
         try:
             async for event in stream:
                 if event.type == "message_start":
                     tokens_in = meter.reported_in = _input_tokens(event.message.usage)
+                elif event.type == "content_block_start" and event.content_block.type == "tool_use":
+                    tool_index[event.index] = len(tool_index)
+                    yield StreamDelta(tool_calls=[ToolCallDelta(index=tool_index[event.index],
+                                                                id=event.content_block.id,
+                                                                name=event.content_block.name)])
                 elif event.type == "content_block_delta":
                     if event.delta.type == "text_delta" and event.delta.text:
                         meter.add(event.delta.text)
                         yield StreamDelta(text=event.delta.text)
+                    elif event.delta.type == "input_json_delta" and event.delta.partial_json \
+                            and event.index in tool_index:
+                        meter.add(event.delta.partial_json)
+                        yield StreamDelta(tool_calls=[ToolCallDelta(index=tool_index[event.index],
+                                                                    arguments=event.delta.partial_json)])
                 elif event.type == "message_delta":
                     stop = event.delta.stop_reason or stop
                     tokens_out = meter.reported_out = event.usage.output_tokens  # cumulative

@@ -9,6 +9,90 @@ from typing import Any, Protocol
 from llm.providers.scrub import scrub
 
 
+# --- the internal chat request ---------------------------------------------------------------------
+#
+# One request type for every front end (the OpenAI chat-completions wire in llm/openai_wire.py, the
+# Anthropic Messages wire) and every provider. Messages stay in OpenAI's chat shape, which every front
+# end converts into and every provider converts out of:
+#
+#   {"role": "system" | "developer" | "user", "content": str | [parts]}
+#       parts: {"type": "text", "text": str} | {"type": "image_url", "image_url": {"url": str, "detail"?}}
+#       (url: https://... or data:<mime>;base64,<data>)
+#   {"role": "assistant", "content": str | None, "tool_calls"?: [{"id", "type": "function",
+#                                                                  "function": {"name", "arguments": str}}]}
+#   {"role": "tool", "tool_call_id": str, "content": str | [text parts]}
+#
+# Everything else a request can ask for is a typed field of `GenerationOptions`. A provider either
+# maps a field onto its own API or lists it in `unsupported(request)`; the gateway drops the
+# candidates that cannot serve a request before admission (llm/providers/capabilities.py), so no
+# field is ever silently dropped.
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    mode: str  # "auto" | "none" | "required" | "function" (then `name` is the one tool to call)
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    type: str  # "text" | "json_object" | "json_schema"
+    name: str = ""
+    schema: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Every optional generation parameter, typed. Defaults mean "not asked for"."""
+
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    stop: tuple[str, ...] = ()
+    top_p: float | None = None
+    seed: int | None = None
+    n: int = 1
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+
+    def asked(self) -> list[str]:
+        """The names (as the OpenAI wire spells them) of the parameters this request sets."""
+        names = [name for name, value in (
+            ("tools", self.tools), ("tool_choice", self.tool_choice),
+            ("parallel_tool_calls", self.parallel_tool_calls), ("stop", self.stop), ("top_p", self.top_p),
+            ("seed", self.seed), ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty), ("logprobs", self.logprobs),
+            ("top_logprobs", self.top_logprobs), ("user", self.user), ("metadata", self.metadata),
+        ) if value not in (None, ())]
+        if self.n != 1:
+            names.append("n")
+        if self.response_format is not None and self.response_format.type != "text":
+            names.append(f"response_format.{self.response_format.type}")
+        return names
+
+
+NO_OPTIONS = GenerationOptions()
+
+
+def has_images(messages: list[dict[str, Any]]) -> bool:
+    return any(isinstance(part, dict) and part.get("type") == "image_url"
+               for m in messages if isinstance(m.get("content"), list) for part in m["content"])
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     model: str  # the provider's model name
@@ -16,6 +100,14 @@ class ChatRequest:
     max_tokens: int
     temperature: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    options: GenerationOptions = NO_OPTIONS
+
+    def asked(self) -> list[str]:
+        """What this request asks of a provider beyond plain text chat (names for a 400)."""
+        names = self.options.asked()
+        if has_images(self.messages):
+            names.append("image_url content parts")
+        return names
 
 
 @dataclass
@@ -26,11 +118,45 @@ class Usage:
 
 
 @dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, as OpenAI returns it
+
+
+@dataclass
+class Choice:
+    """One completion. `ChatResult` is choice 0; `ChatResult.alternatives` are choices 1.. of n."""
+
+    text: str
+    finish_reason: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    logprobs: Any = None  # the provider's logprobs object (OpenAI shape), when asked for
+
+
+@dataclass
 class ChatResult:
     text: str
     finish_reason: str
-    usage: Usage
+    usage: Usage  # of all n choices together
     provider_response_id: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    logprobs: Any = None
+    alternatives: list[Choice] = field(default_factory=list)
+
+    def choices(self) -> list[Choice]:
+        return [Choice(self.text, self.finish_reason, self.tool_calls, self.logprobs), *self.alternatives]
+
+
+@dataclass
+class ToolCallDelta:
+    """A piece of a streamed tool call, as OpenAI streams them: the first piece of call `index`
+    carries its id and name, the following ones fragments of its JSON arguments."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 @dataclass
@@ -38,6 +164,7 @@ class StreamDelta:
     text: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None  # set on the final chunk when the provider reports usage
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
 
 
 DETAIL_LIMIT = 500
@@ -139,6 +266,10 @@ class ProviderContentFiltered(ProviderError):
 
 class Provider(Protocol):
     name: str
+
+    def unsupported(self, request: ChatRequest) -> list[str]:
+        """The names in `request.asked()` this provider cannot honour (empty: it can serve it)."""
+        ...
 
     async def chat(self, request: ChatRequest) -> ChatResult: ...
 

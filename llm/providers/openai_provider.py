@@ -35,6 +35,10 @@ from llm.providers._common import MALFORMED_ERRORS, PerLoop, StreamMeter, connec
 from llm.providers.base import (
     ChatRequest,
     ChatResult,
+    Choice,
+    GenerationOptions,
+    ToolCall,
+    ToolCallDelta,
     ProviderBadRequest,
     ProviderConnectionError,
     ProviderContentFiltered,
@@ -67,6 +71,58 @@ def _connect_failed(exc: BaseException) -> bool:
             return True
         cause = cause.__cause__ or cause.__context__
     return False
+
+
+def openai_options(options: GenerationOptions) -> dict[str, Any]:
+    """The request's options in OpenAI's chat-completions wire format (what the client sent, re-built)."""
+    params: dict[str, Any] = {}
+    if options.tools:
+        params["tools"] = [{"type": "function", "function": {
+            "name": t.name, "description": t.description, "parameters": t.parameters,
+            **({"strict": t.strict} if t.strict is not None else {})}} for t in options.tools]
+    if options.tool_choice is not None:
+        choice = options.tool_choice
+        params["tool_choice"] = ({"type": "function", "function": {"name": choice.name}}
+                                 if choice.mode == "function" else choice.mode)
+    if options.parallel_tool_calls is not None:
+        params["parallel_tool_calls"] = options.parallel_tool_calls
+    if options.response_format is not None:
+        fmt = options.response_format
+        if fmt.type == "json_schema":
+            spec: dict[str, Any] = {"name": fmt.name, "schema": fmt.schema}
+            if fmt.strict is not None:
+                spec["strict"] = fmt.strict
+            params["response_format"] = {"type": "json_schema", "json_schema": spec}
+        else:
+            params["response_format"] = {"type": fmt.type}
+    if options.stop:
+        params["stop"] = list(options.stop)
+    for name in ("top_p", "seed", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "user",
+                 "metadata"):
+        if (value := getattr(options, name)) is not None:
+            params[name] = value
+    if options.n != 1:
+        params["n"] = options.n
+    return params
+
+
+def _choice(choice: dict[str, Any]) -> Choice:
+    message = choice["message"]
+    text = message.get("content") or ""
+    if not isinstance(text, str):
+        raise TypeError("message.content is not text")
+    calls = [ToolCall(id=c["id"], name=c["function"]["name"], arguments=c["function"].get("arguments") or "")
+             for c in message.get("tool_calls") or ()]
+    return Choice(text=text, finish_reason=choice.get("finish_reason") or "stop", tool_calls=calls,
+                  logprobs=choice.get("logprobs"))
+
+
+def _tool_call_delta(piece: dict[str, Any]) -> ToolCallDelta:
+    function = piece.get("function") or {}
+    arguments = function.get("arguments") or ""
+    if not isinstance(arguments, str) or not isinstance(piece.get("index"), int):
+        raise TypeError("a malformed tool_calls delta")
+    return ToolCallDelta(index=piece["index"], id=piece.get("id"), name=function.get("name"), arguments=arguments)
 
 
 def _detail(exc: openai.APIError) -> str:
@@ -103,11 +159,15 @@ class OpenAIProvider:
         """Close the running event loop's client now (it is otherwise closed when its loop shuts down)."""
         await self._clients.aclose()
 
+    def unsupported(self, request: ChatRequest) -> list[str]:
+        return []  # the gateway's request is OpenAI's: every parameter passes through as sent
+
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         params: dict[str, Any] = {"model": request.model, "messages": request.messages,
                                   self._max_tokens_param: request.max_tokens}
         if request.temperature is not None:
             params["temperature"] = request.temperature
+        params.update(openai_options(request.options))
         return params
 
     @staticmethod
@@ -157,22 +217,23 @@ class OpenAIProvider:
         except MALFORMED_ERRORS as exc:  # a 200 whose body is not JSON
             raise malformed(self.name, exc) from exc
         try:
-            choice = completion["choices"][0]
-            text = choice["message"].get("content") or ""
-            finish = choice.get("finish_reason") or "stop"
+            choices = sorted(completion["choices"], key=lambda c: c.get("index") or 0)
+            parsed = [_choice(c) for c in choices]
+            first = parsed[0]
             response_id = completion.get("id") or ""
             usage = self._usage(completion.get("usage"))
         except MALFORMED_ERRORS as exc:  # JSON without the fields
             raise malformed(self.name, f"no choices[0].message: {exc}") from exc
-        if not isinstance(text, str):
-            raise malformed(self.name, "choices[0].message.content is not text")
         if usage is None:  # some local servers omit it: counted here, flagged as estimated
-            usage = Usage(self.count_tokens(request.messages, request.model), text_tokens(text, request.model),
+            out = "".join(c.text + "".join(t.arguments for t in c.tool_calls) for c in parsed)
+            usage = Usage(self.count_tokens(request.messages, request.model), text_tokens(out, request.model),
                           estimated=True)
-        if finish == "content_filter":
+        if first.finish_reason == "content_filter":
             raise ProviderContentFiltered("the answer was stopped by the content filter", provider=self.name,
                                           tokens_in=usage.tokens_in, tokens_out=usage.tokens_out)
-        return ChatResult(text=text, finish_reason=finish, usage=usage, provider_response_id=response_id)
+        return ChatResult(text=first.text, finish_reason=first.finish_reason, usage=usage,
+                          provider_response_id=response_id, tool_calls=first.tool_calls, logprobs=first.logprobs,
+                          alternatives=parsed[1:])
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
         params = {**self._params(request), "stream": True, "stream_options": {"include_usage": True}}
@@ -202,6 +263,10 @@ class OpenAIProvider:
                             raise TypeError("delta.content is not text")
                         meter.add(piece)
                         yield StreamDelta(text=piece)
+                    if delta is not None and delta.get("tool_calls"):
+                        calls = [_tool_call_delta(d) for d in delta["tool_calls"]]
+                        meter.add("".join(c.arguments for c in calls))
+                        yield StreamDelta(tool_calls=calls)
                     if choice.get("finish_reason"):
                         finish = choice["finish_reason"]
         except openai.OpenAIError as exc:

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tests.fakes.base import Event, FakeProvider, Fault, answer, pieces, response_id, words_of
+from tests.fakes.tooling import call_id, fragments, json_answer, pick_tool
 
 API_VERSION = "2026-10-21"
 _ERRORS = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
@@ -37,7 +38,41 @@ def _text(content: Any) -> str | None:
     return None
 
 
+def _blocks_text(message: dict[str, Any], tool_ids: set[str]) -> str | None:
+    """The text of a message's content (string or blocks: text, image, tool_use from the assistant,
+    tool_result from the user answering an earlier tool_use); None or "error: ..." when invalid."""
+    content, role = message.get("content"), message.get("role")
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list) or not content:
+        return None
+    texts = []
+    for block in content:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif kind == "image" and role == "user" and isinstance(block.get("source"), dict) \
+                and block["source"].get("type") in ("base64", "url"):
+            continue
+        elif kind == "tool_use" and role == "assistant" and isinstance(block.get("input"), dict):
+            tool_ids.add(block.get("id"))
+            texts.append(json.dumps(block["input"]))
+        elif kind == "tool_result" and role == "user":
+            if block.get("tool_use_id") not in tool_ids:
+                return "error: messages: tool_result blocks must answer a tool_use of the previous assistant turn"
+            result = block.get("content", "")
+            texts.append(result if isinstance(result, str) else str(_text(result) or ""))
+        else:
+            return None
+    return " ".join(texts)
+
+
 class FakeAnthropic(FakeProvider):
+    """Tools (`tools` with `input_schema`, `tool_choice` auto / any / tool / none), structured output
+    (`output_config.format` json_schema) and `stop_sequences` follow tests/fakes/tooling.py; a tool
+    call is a `tool_use` content block and `stop_reason: "tool_use"`, streamed as a
+    content_block_start of type tool_use and `input_json_delta` fragments of its input."""
+
     name = "anthropic"
 
     def authorized(self, h) -> bool:
@@ -68,6 +103,67 @@ class FakeAnthropic(FakeProvider):
     def truncated_body(self) -> bytes:
         return b'{"id": "msg_truncated", "type": "message", "content": [{"type": "text", "text": "trun'
 
+    @staticmethod
+    def _structured(body: dict[str, Any], messages: list[Any], words: list[str]) -> dict[str, Any] | str | None:
+        """The tool call or JSON this request gets, None for plain text, a string for a 400."""
+        tools = body.get("tools") or []
+        if not all(isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("input_schema"), dict)
+                   for t in tools):
+            return "tools: each tool needs a name and an input_schema"
+        choice = body.get("tool_choice") or {"type": "auto"}
+        mode = {"auto": "auto", "none": "none", "any": "required", "tool": "function"}.get(choice.get("type"))
+        if mode is None:
+            return "tool_choice: type must be auto, any, tool or none"
+        last = messages[-1]
+        content = last.get("content")
+        is_result = isinstance(content, list) and any(b.get("type") == "tool_result" for b in content)
+        last_user = None if is_result or last.get("role") != "user" else _blocks_text(last, set())
+        call = pick_tool([(t["name"], t["input_schema"]) for t in tools], mode, choice.get("name"), last_user)
+        if call is not None:
+            name, arguments = call
+            return {"call": (name, arguments, call_id("toolu_", name, arguments))}
+        fmt = (body.get("output_config") or {}).get("format")
+        if fmt is not None:
+            if fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+                return "output_config.format: type json_schema with a schema is required"
+            return {"json": json_answer(fmt["schema"], words)}
+        return None
+
+    def _send_structured(self, h, body: dict[str, Any], model: str, message: dict[str, Any],
+                         structured: dict[str, Any], n_in: int, fault: Fault | None) -> None:
+        if "call" in structured:
+            name, arguments, tool_id = structured["call"]
+            block: dict[str, Any] = {"type": "tool_use", "id": tool_id, "name": name, "input": json.loads(arguments)}
+            text, stop, delta_type, field = arguments, "tool_use", "input_json_delta", "partial_json"
+            start_block: dict[str, Any] = {"type": "tool_use", "id": tool_id, "name": name, "input": {}}
+        else:
+            text = structured["json"]
+            block = {"type": "text", "text": text}
+            stop, delta_type, field = "end_turn", "text_delta", "text"
+            start_block = {"type": "text", "text": ""}
+        n_out = words_of(text)
+        if body.get("stream"):
+            parts = fragments(text)
+            events = [
+                Event(self._sse("message_start", {"type": "message_start", "message": message}), 0),
+                Event(self._sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                                        "content_block": start_block}), 0),
+            ]
+            events += [Event(self._sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                               "delta": {"type": delta_type, field: part}}),
+                             words_of("".join(parts[:i + 1])), content=True) for i, part in enumerate(parts)]
+            events += [
+                Event(self._sse("content_block_stop", {"type": "content_block_stop", "index": 0}), n_out),
+                Event(self._sse("message_delta", {"type": "message_delta",
+                                                  "delta": {"stop_reason": stop, "stop_sequence": None},
+                                                  "usage": {"output_tokens": n_out}}), n_out),
+                Event(self._sse("message_stop", {"type": "message_stop"}), n_out),
+            ]
+            return self.send_stream(h, model, n_in, events, fault)
+        self.bill(model, n_in, n_out)
+        message.update(content=[block], stop_reason=stop, usage={**message["usage"], "output_tokens": n_out})
+        self.send_json(h, 200, message)
+
     def handle(self, h, body: dict[str, Any], fault: Fault | None) -> None:
         if urlsplit(h.path).path != "/v1/messages":
             return self.send_error_status(h, 404, message=f"Not found: {h.path}")
@@ -84,8 +180,11 @@ class FakeAnthropic(FakeProvider):
         if not isinstance(messages, list) or not messages:
             return self.send_error_status(h, 400, message="messages: at least one message is required")
         texts: list[str] = []
+        tool_ids: set[str] = set()
         for message in messages:
-            text = _text(message.get("content")) if isinstance(message, dict) else None
+            text = _blocks_text(message, tool_ids) if isinstance(message, dict) else None
+            if isinstance(text, str) and text.startswith("error: "):
+                return self.send_error_status(h, 400, message=text[7:])
             if text is None or message.get("role") not in ("user", "assistant"):
                 return self.send_error_status(
                     h, 400, message="messages: roles must be 'user' or 'assistant' with text content")
@@ -99,6 +198,13 @@ class FakeAnthropic(FakeProvider):
         stop = "max_tokens" if truncated else "end_turn"
         if fault is not None and fault.kind == "filter":
             words, stop, fault = words[: len(words) // 2], "refusal", None
+        structured = self._structured(body, messages, words)
+        if isinstance(structured, str):
+            return self.send_error_status(h, 400, message=structured)
+        for sequence in body.get("stop_sequences") or ():
+            text = " ".join(words)
+            if structured is None and sequence in text:
+                words, stop = text[:text.index(sequence)].split(), "stop_sequence"
         n_in = words_of(system_text) + sum(words_of(t) + 3 for t in texts)
         mid = response_id("msg_", model, prompt)
         message = {"id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
@@ -106,6 +212,8 @@ class FakeAnthropic(FakeProvider):
                    "usage": {"input_tokens": n_in, "output_tokens": 1, "cache_creation_input_tokens": 0,
                              "cache_read_input_tokens": 0, "service_tier": "standard"}}
 
+        if structured is not None:
+            return self._send_structured(h, body, model, message, structured, n_in, fault)
         if body.get("stream"):
             events = [
                 Event(self._sse("message_start", {"type": "message_start", "message": message}), 0),

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from tests.fakes.base import Event, FakeProvider, Fault, answer, pieces, response_id, words_of
+from tests.fakes.tooling import fragments, json_answer, pick_tool
 
 _ROUTE = re.compile(r"^/(?:v1|v1beta)/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$")
 _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
@@ -29,14 +30,40 @@ _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DEN
 
 
 def _texts(content: Any) -> list[str] | None:
-    """The text parts of a Content, or None when it is not a valid text Content."""
-    if not isinstance(content, dict) or not isinstance(content.get("parts"), list):
+    """The text of each part of a Content (text; inlineData images from the user; functionCall parts
+    from the model; functionResponse parts from the user, by name), or None when it is not valid."""
+    if not isinstance(content, dict) or not isinstance(content.get("parts"), list) or not content["parts"]:
         return None
-    texts = [part.get("text") for part in content["parts"] if isinstance(part, dict)]
-    return texts if texts and all(isinstance(t, str) for t in texts) else None
+    role, texts = content.get("role"), []
+    for part in content["parts"]:
+        if not isinstance(part, dict):
+            return None
+        if isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif role == "user" and isinstance(part.get("inlineData"), dict) \
+                and (part["inlineData"].get("mimeType") or part["inlineData"].get("mime_type")):
+            texts.append("")
+        elif role == "model" and isinstance(part.get("functionCall"), dict) and part["functionCall"].get("name"):
+            texts.append(json.dumps(part["functionCall"].get("args") or {}))
+        elif role == "user" and isinstance(part.get("functionResponse"), dict) \
+                and part["functionResponse"].get("name") and isinstance(part["functionResponse"].get("response"), dict):
+            texts.append(json.dumps(part["functionResponse"]["response"]))
+        else:
+            return None
+    return texts
+
+
+def _answers_calls(content: dict[str, Any]) -> bool:
+    return any("functionResponse" in part for part in content["parts"])
 
 
 class FakeGemini(FakeProvider):
+    """Tools (`tools[].functionDeclarations` with `parametersJsonSchema` or `parameters`,
+    `toolConfig.functionCallingConfig` mode AUTO / ANY / NONE and `allowedFunctionNames`), JSON output
+    (`generationConfig.responseMimeType: application/json`, `responseJsonSchema` or `responseSchema`),
+    `stopSequences` and `candidateCount` follow tests/fakes/tooling.py. A call is a `functionCall`
+    part (name and args, no id, as the Gemini API answers), sent whole in one stream event."""
+
     name = "gemini"
 
     def __init__(self, api_key: str | None = "test-key", *, thoughts_tokens: int = 0) -> None:
@@ -72,6 +99,80 @@ class FakeGemini(FakeProvider):
     def truncated_body(self) -> bytes:
         return b'{"candidates": [{"content": {"parts": [{"text": "trunc'
 
+    @staticmethod
+    def _plans(body: dict[str, Any], model: str, prompt: str, contents: list[Any], config: dict[str, Any]
+               ) -> list[dict[str, Any]] | str | None:
+        """Each candidate's parts when the request uses tools, JSON, stop sequences or several
+        candidates; None for the plain path; a string for a 400."""
+        declarations = [d for tool in body.get("tools") or () for d in tool.get("functionDeclarations") or ()]
+        calling = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+        mime = config.get("responseMimeType")
+        stops = config.get("stopSequences") or []
+        count = config.get("candidateCount") or 1
+        if not (declarations or mime or stops or count != 1):
+            return None
+        if mime not in (None, "text/plain", "application/json"):
+            return "responseMimeType must be text/plain or application/json"
+        allowed = calling.get("allowedFunctionNames") or []
+        mode = {"AUTO": "auto", "ANY": "required", "NONE": "none", None: "auto"}.get(calling.get("mode"))
+        if mode is None:
+            return "functionCallingConfig.mode must be AUTO, ANY or NONE"
+        if mode == "required" and len(allowed) == 1:
+            mode = "function"
+        # Proto JSON: a field may come in lowerCamelCase or as its proto name (google-genai sends the latter
+        # for the JSON-schema fields).
+        specs = [(d["name"], d.get("parametersJsonSchema") or d.get("parameters_json_schema") or d.get("parameters")
+                  or {}) for d in declarations]
+        last = contents[-1]
+        last_user = None if _answers_calls(last) or last.get("role") != "user" else " ".join(_texts(last) or [])
+        schema = config.get("responseJsonSchema") or config.get("response_json_schema") or config.get("responseSchema")
+        plans = []
+        for index in range(count):
+            words, truncated = answer(model if index == 0 else f"{model}#{index}", prompt,
+                                      config.get("maxOutputTokens"))
+            call = pick_tool(specs, mode, allowed[0] if allowed else None, last_user)
+            if call is not None:
+                name, arguments = call
+                plans.append({"parts": [{"functionCall": {"name": name, "args": json.loads(arguments)}}],
+                              "tokens": words_of(arguments), "finish": "STOP", "text": arguments})
+                continue
+            text = json_answer(schema, words) if mime == "application/json" else " ".join(words)
+            finish = "MAX_TOKENS" if truncated and mime != "application/json" else "STOP"
+            for stop in stops:
+                if stop in text:
+                    text, finish = text[:text.index(stop)], "STOP"
+            plans.append({"parts": [{"text": text}], "tokens": words_of(text), "finish": finish, "text": text})
+        return plans
+
+    def _send_planned(self, h, body: dict[str, Any], model: str, prompt: str, n_in: int,
+                      plans: list[dict[str, Any]], stream: bool, fault: Fault | None) -> None:
+        n_out = sum(p["tokens"] for p in plans)
+        usage = {"promptTokenCount": n_in, "candidatesTokenCount": n_out, "totalTokenCount": n_in + n_out}
+        rid = response_id("", model, prompt)
+        candidates = [{"content": {"parts": p["parts"], "role": "model"}, "finishReason": p["finish"], "index": i}
+                      for i, p in enumerate(plans)]
+        if stream:
+            plan = plans[0]
+            if "functionCall" in plan["parts"][0]:
+                chunks = [(plan["parts"], n_out)]  # a function call arrives whole
+            else:
+                parts = fragments(plan["text"])
+                chunks = [([{"text": part}], words_of("".join(parts[:i + 1]))) for i, part in enumerate(parts)]
+            events = []
+            for i, (parts, done) in enumerate(chunks):
+                candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
+                if i == len(chunks) - 1:
+                    candidate["finishReason"] = plan["finish"]
+                data = {"candidates": [candidate], "modelVersion": model, "responseId": rid,
+                        "usageMetadata": {**usage, "candidatesTokenCount": done, "totalTokenCount": n_in + done}}
+                events.append(Event(b"data: " + json.dumps(data).encode() + b"\r\n\r\n", done, content=True))
+            return self.send_stream(h, model, n_in, events, fault)
+        if fault is not None and fault.kind == "malformed":
+            return self.send_malformed(h, fault)
+        self.bill(model, n_in, n_out)
+        self.send_json(h, 200, {"candidates": candidates, "usageMetadata": usage, "modelVersion": model,
+                                "responseId": rid})
+
     def handle(self, h, body: dict[str, Any], fault: Fault | None) -> None:
         url = urlsplit(h.path)
         route = _ROUTE.match(url.path)
@@ -103,6 +204,11 @@ class FakeGemini(FakeProvider):
         if fault is not None and fault.kind == "filter":
             words, finish, fault = words[: len(words) // 2], "SAFETY", None
         n_in = sum(words_of(t) for t in texts) + len(contents)
+        plans = self._plans(body, model, prompt, contents, config)
+        if isinstance(plans, str):
+            return self.send_error_status(h, 400, message=plans)
+        if plans is not None:
+            return self._send_planned(h, body, model, prompt, n_in, plans, stream, fault)
         thoughts = self.thoughts_tokens
         rid = response_id("", model, prompt)
 

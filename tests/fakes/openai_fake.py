@@ -7,6 +7,10 @@ final chunk with empty `choices` and the `usage`, then `data: [DONE]`. With incl
 chunk also carries `"usage": null`, as OpenAI sends it. `include_usage_supported=False` makes the
 fake behave like a local server that ignores the option (no usage chunk at all).
 `usage_in_body=False` leaves `usage` out of non-streamed answers too (some minimal servers).
+Tools, JSON output, `stop` and `n` follow tests/fakes/tooling.py: a tool call comes back as
+`message.tool_calls` with `finish_reason: "tool_calls"` (streamed: a first `delta.tool_calls` entry
+with index, id, type and name, then `function.arguments` fragments), n choices by index, and
+`logprobs: true` gets a (made-up) `logprobs.content` list.
 `reasoning_tokens=R` makes it report reasoning the way xAI does: beside `completion_tokens` (in
 `completion_tokens_details.reasoning_tokens`, and counted in `total_tokens`), billed as output.
 
@@ -20,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tests.fakes.base import Event, FakeProvider, Fault, answer, pieces, response_id, words_of
+from tests.fakes.tooling import call_id, fragments, json_answer, pick_tool
 
 _ERRORS = {  # status: (type, code)
     400: ("invalid_request_error", None),
@@ -88,11 +93,18 @@ class FakeOpenAI(FakeProvider):
         if "max_tokens" in body and "max_completion_tokens" in body:
             return self.send_error_status(h, 400, message="max_tokens and max_completion_tokens are exclusive")
         prompt = "\n".join(text_of(m) for m in messages)
-        words, truncated = answer(model, prompt, body.get("max_completion_tokens", body.get("max_tokens")))
-        finish = "length" if truncated else "stop"
+        plans = self._plans(body, model, prompt, messages)
+        if isinstance(plans, str):
+            return self.send_error_status(h, 400, message=plans)
+        first = plans[0]
+        words, finish = first["words"], first["finish"]
         if fault is not None and fault.kind == "filter":
             words, finish, fault = words[: len(words) // 2], "content_filter", None
-        n_in, n_out, n_reasoning = tokens_in(messages), len(words), self.reasoning_tokens
+            first.update(words=words, finish=finish, text=" ".join(words))
+        n_in, n_reasoning = tokens_in(messages), self.reasoning_tokens
+        n_out = sum(p["tokens"] for p in plans) if len(plans) > 1 or first["call"] else len(words)
+        if first["json"] and len(plans) == 1:
+            n_out = first["tokens"]
         usage: dict[str, Any] = {"prompt_tokens": n_in, "completion_tokens": n_out,
                                  "total_tokens": n_in + n_out + n_reasoning}
         if n_reasoning:
@@ -101,21 +113,111 @@ class FakeOpenAI(FakeProvider):
 
         if body.get("stream"):
             asked = bool((body.get("stream_options") or {}).get("include_usage"))
-            events = self._events(cid, model, words, finish, usage, self.include_usage_supported and asked,
-                                  n_reasoning)
+            if first["call"] or first["json"]:
+                events = self._tool_events(cid, model, first, usage, self.include_usage_supported and asked)
+            else:
+                events = self._events(cid, model, words, finish, usage, self.include_usage_supported and asked,
+                                      n_reasoning)
             return self.send_stream(h, model, n_in, events, fault)
         if fault is not None and fault.kind == "malformed":
             return self.send_malformed(h, fault)
         self.bill(model, n_in, n_out + n_reasoning)
+        choices = []
+        for index, plan in enumerate(plans):
+            message: dict[str, Any] = {"role": "assistant", "content": plan["text"], "refusal": None}
+            if plan["call"]:
+                name, arguments, call = plan["call"]
+                message.update(content=None, tool_calls=[{"id": call, "type": "function",
+                                                          "function": {"name": name, "arguments": arguments}}])
+            logprobs = None
+            if body.get("logprobs"):
+                logprobs = {"content": [{"token": w, "logprob": -0.5, "bytes": list(w.encode()),
+                                         "top_logprobs": []} for w in plan["text"].split()[:3]], "refusal": None}
+            choices.append({"index": index, "message": message, "logprobs": logprobs, "finish_reason": plan["finish"]})
         completion: dict[str, Any] = {
             "id": cid, "object": "chat.completion", "created": CREATED, "model": model,
-            "system_fingerprint": "fp_fake",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(words), "refusal": None},
-                         "logprobs": None, "finish_reason": finish}],
+            "system_fingerprint": "fp_fake", "choices": choices,
         }
         if self.usage_in_body:
             completion["usage"] = usage
         self.send_json(h, 200, completion)
+
+    @staticmethod
+    def _plans(body: dict[str, Any], model: str, prompt: str, messages: list[Any]) -> list[dict[str, Any]] | str:
+        """What each of the n choices will be: a tool call, JSON or words. A string is a 400's message."""
+        tools, choice = body.get("tools") or [], body.get("tool_choice", "auto")
+        try:
+            specs = [(t["function"]["name"], t["function"].get("parameters") or {}) for t in tools]
+        except (KeyError, TypeError):
+            return "tools: each tool needs function.name"
+        forced = None
+        if isinstance(choice, dict):
+            mode, forced = "function", (choice.get("function") or {}).get("name")
+        else:
+            mode = choice
+        last = messages[-1] if messages else {}
+        last_user = text_of(last) if last.get("role") == "user" else None
+        fmt = body.get("response_format") or {}
+        schema = (fmt.get("json_schema") or {}).get("schema") if fmt.get("type") == "json_schema" else None
+        stops = body.get("stop") or []
+        stops = [stops] if isinstance(stops, str) else stops
+        n = body.get("n") or 1
+        plans = []
+        for index in range(n):
+            call = pick_tool(specs, mode, forced, last_user)
+            words, truncated = answer(model if index == 0 else f"{model}#{index}", prompt,
+                                      body.get("max_completion_tokens", body.get("max_tokens")))
+            finish = "length" if truncated else "stop"
+            plan: dict[str, Any] = {"call": None, "json": False, "words": words, "finish": finish,
+                                    "text": " ".join(words), "tokens": len(words)}
+            if call is not None:
+                name, arguments = call
+                plan.update(call=(name, arguments, call_id("call_", name, arguments, index)), finish="tool_calls",
+                            text=None, tokens=words_of(arguments))
+            elif fmt.get("type") in ("json_object", "json_schema"):
+                text = json_answer(schema, words)
+                plan.update(json=True, text=text, finish="stop", tokens=words_of(text))
+            else:
+                for stop in stops:
+                    if stop in plan["text"]:
+                        plan["text"] = plan["text"][:plan["text"].index(stop)]
+                        plan.update(words=plan["text"].split(), finish="stop", tokens=words_of(plan["text"]))
+            plans.append(plan)
+        return plans
+
+    @staticmethod
+    def _tool_events(cid: str, model: str, plan: dict[str, Any], usage: dict[str, Any],
+                     include_usage: bool) -> list[Event]:
+        """A streamed tool call (OpenAI's shape: the first delta has the id, type and name with empty
+        arguments, the next ones argument fragments by index) or streamed JSON text."""
+        def chunk(choices: list[dict[str, Any]], final_usage: dict[str, Any] | None = None) -> bytes:
+            data: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": CREATED, "model": model,
+                                    "system_fingerprint": "fp_fake", "choices": choices}
+            if include_usage:
+                data["usage"] = final_usage
+            return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+        def choice(delta: dict[str, Any], finish_reason: str | None = None) -> list[dict[str, Any]]:
+            return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+
+        total = plan["tokens"]
+        if plan["call"]:
+            name, arguments, call = plan["call"]
+            events = [Event(chunk(choice({"role": "assistant", "content": None, "tool_calls": [
+                {"index": 0, "id": call, "type": "function", "function": {"name": name, "arguments": ""}}]})), 0)]
+            parts = fragments(arguments)
+            events += [Event(chunk(choice({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})),
+                             words_of("".join(parts[:i + 1])), content=True) for i, part in enumerate(parts)]
+        else:
+            events = [Event(chunk(choice({"role": "assistant", "content": "", "refusal": None})), 0)]
+            parts = fragments(plan["text"])
+            events += [Event(chunk(choice({"content": part})), words_of("".join(parts[:i + 1])), content=True)
+                       for i, part in enumerate(parts)]
+        events.append(Event(chunk(choice({}, plan["finish"])), total))
+        if include_usage:
+            events.append(Event(chunk([], usage), total))
+        events.append(Event(b"data: [DONE]\n\n", total))
+        return events
 
     @staticmethod
     def _events(cid: str, model: str, words: list[str], finish: str, usage: dict[str, Any],
