@@ -92,6 +92,7 @@ def _refuse(context: TenantContext, decision: EnforcementDecision, request_id: s
         metering.usage_log_refusal(
             request_id=request_id, tenant_id=context.tenant_id, user_id=context.user_id, task_id=decision.task.id,
             feature_code=decision.task.feature_code, code=decision.code, mode=mode, now=now,
+            api_key_id=context.api_key_id,
         )
     raise GatewayError(decision.message, code=decision.code, status_code=decision.status,
                        retry_after=decision.retry_after)
@@ -140,6 +141,7 @@ def _admit(context: TenantContext, task_code: str, chat: ChatInput, tokens_in: i
             admission = metering.usage_admit(
                 tenant_id=context.tenant_id, user_id=context.user_id, decision=decision, request_id=request_id,
                 mode=mode, now=now, idempotency_key=idempotency_key, fingerprint=print_,
+                api_key_id=context.api_key_id,
             )
         except metering.IdempotencyInFlight:
             return _InFlight()  # another request took the key first: wait for its answer
@@ -147,7 +149,7 @@ def _admit(context: TenantContext, task_code: str, chat: ChatInput, tokens_in: i
             metering.usage_log_refusal(
                 request_id=request_id, tenant_id=context.tenant_id, user_id=context.user_id,
                 task_id=decision.task.id, feature_code=decision.task.feature_code, code=refusal.code, mode=mode,
-                now=now,
+                now=now, api_key_id=context.api_key_id,
             )
             raise
         if decision.would_refuse_code and not admission.would_refuse_code:
@@ -198,6 +200,7 @@ def _settle(admitted: _Admitted, context: TenantContext, request_id: str,
         request_id=request_id, tenant_id=context.tenant_id, user_id=context.user_id, task_id=admitted.decision.task.id,
         feature_code=admitted.decision.task.feature_code, mode=admitted.mode, admitted_at=admitted.now,
         holds=admitted.decision.holds, outcome=outcome, would_refuse_code=outcome.would_refuse_code,
+        api_key_id=context.api_key_id,
     )
     return None
 

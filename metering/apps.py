@@ -8,6 +8,11 @@ class MeteringConfig(AppConfig):
 
     def ready(self) -> None:
         from metering.pg_functions import install_pg_functions
+        from metering.policy_keys import api_key_limits_validate
+        from tenants import services as tenant_services
+
+        # An API key's own budget is validated by the policy registry, which tenants cannot import.
+        tenant_services.api_key_limits_validator = api_key_limits_validate
 
         # After every migrate (and the test runner's schema setup): the hot-path SQL functions
         # are replaced with the version this code expects.

@@ -111,6 +111,7 @@ def admit_pg(*, reservation: Any, alert_day: Any, holds: list) -> dict:
         "idempotency_key": r.idempotency_key, "fingerprint": r.request_fingerprint, "alert_day": _iso(alert_day),
         "ensure_meters": False,
         "h_user": _pg_array(h.user_id for h in holds), "h_task": _pg_array(h.task_id for h in holds),
+        "h_apikey": _pg_array(h.api_key_id for h in holds), "api_key": r.api_key_id,
         "h_metric": _pg_array(h.metric for h in holds), "h_window": _pg_array(h.window for h in holds),
         "h_period": _pg_array(_iso(h.period_start) for h in holds),
         "h_amount": _pg_array(int(h.amount) for h in holds), "h_limit": _pg_array(int(h.limit) for h in holds),

@@ -28,10 +28,10 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 from django.db import IntegrityError, transaction
-from django.db.models import Max, Q, Sum
+from django.db.models import Count, Max, Q, Sum
 from django.db.models.functions import Coalesce
 
-from metering.models import Metric, UsageDaily, UsageHold, UsageMeter, UsageReservation, Window
+from metering.models import Metric, UsageDaily, UsageHold, UsageLog, UsageMeter, UsageReservation, Window
 from metering.periods import period_end
 from metering.policy import HoldSpec
 from metering.rules import ROLLUP_SUMS, rollup_amount
@@ -49,11 +49,14 @@ def rollup_days(window: str, start: datetime) -> tuple[date, date] | None:
 
 
 def meter_baseline(*, tenant_id: int, user_id: int | None, task_id: int | None, metric: str, window: str,
-                   start: datetime) -> int:
+                   start: datetime, api_key_id: int | None = None) -> int:
     """What the rollup holds for this subject and period (0 for minute windows and gauges)."""
     days = rollup_days(window, start)
     if days is None:
         return 0
+    if api_key_id is not None:
+        return _key_baseline(tenant_id=tenant_id, api_key_id=api_key_id, task_id=task_id, metric=metric,
+                             start=start, end=period_end(window, start))
     rows = UsageDaily.objects.filter(tenant_id=tenant_id, day__gte=days[0], day__lt=days[1])
     if user_id is not None:
         rows = rows.filter(user_id=user_id)
@@ -62,16 +65,30 @@ def meter_baseline(*, tenant_id: int, user_id: int | None, task_id: int | None, 
     return rollup_amount(metric, rows.aggregate(**{name: Coalesce(Sum(name), 0) for name in ROLLUP_SUMS}))
 
 
+def _key_baseline(*, tenant_id: int, api_key_id: int, task_id: int | None, metric: str, start: datetime,
+                  end: datetime) -> int:
+    """An API key's meter starts from the key's ledger rows of the period: the rollup has no key
+    dimension, and a key's rows are an indexed range (usagelog_key_time), read once per meter."""
+    rows = UsageLog.objects.filter(api_key_id=api_key_id, tenant_id=tenant_id, admitted_at__gte=start,
+                                   admitted_at__lt=end).exclude(status=UsageLog.Status.REFUSED)
+    if task_id is not None:
+        rows = rows.filter(task_id=task_id)
+    sums = rows.aggregate(**{name: Coalesce(Sum(name), 0) for name in ROLLUP_SUMS if name != "requests"},
+                          requests=Count("id"))
+    return rollup_amount(metric, sums)
+
+
 def _order(hold: HoldSpec) -> tuple:
     # One insert order for every creator: two admissions creating the same meters never wait on
     # each other's rows crosswise.
-    return (hold.metric, hold.window, hold.user_id or 0, hold.task_id or 0, hold.period_start)
+    return (hold.metric, hold.window, hold.user_id or 0, hold.task_id or 0, hold.api_key_id or 0, hold.period_start)
 
 
 def _covers(hold: HoldSpec, row: dict) -> bool:
     end = period_end(hold.window, hold.period_start)
     return (row["created_at"] >= hold.period_start and (end is None or row["created_at"] < end)
             and hold.user_id in (None, row["user_id"]) and hold.task_id in (None, row["task_id"])
+            and hold.api_key_id in (None, row["api_key_id"])
             and (row["status"] == UsageReservation.Status.ACTIVE or hold.metric != Metric.CONCURRENT))
 
 
@@ -83,12 +100,13 @@ def meters_create(*, tenant_id: int, holds: list[HoldSpec]) -> None:
     holds = sorted(holds, key=_order)
     subjects = Q()
     for hold in holds:
-        subject = {name: value for name, value in (("user_id", hold.user_id), ("task_id", hold.task_id)) if value}
+        subject = {name: value for name, value in (("user_id", hold.user_id), ("task_id", hold.task_id),
+                                                   ("api_key_id", hold.api_key_id)) if value}
         subjects |= Q(created_at__gte=hold.period_start, expires_at__gte=hold.period_start, **subject)
     # The lock (PostgreSQL; SQLite serializes writers already), in id order, before the rollup is read.
     calls = list(UsageReservation.objects.select_for_update().filter(subjects, tenant_id=tenant_id,
                                                                      status__in=CAN_SETTLE)
-                 .order_by("pk").values("pk", "status", "user_id", "task_id", "created_at"))
+                 .order_by("pk").values("pk", "status", "user_id", "task_id", "api_key_id", "created_at"))
     active = [c["pk"] for c in calls if c["status"] == UsageReservation.Status.ACTIVE]
     worst = {(h["reservation_id"], h["meter__metric"]): h["top"]
              for h in UsageHold.objects.filter(reservation_id__in=active).values("reservation_id", "meter__metric")
@@ -104,11 +122,13 @@ def meters_create(*, tenant_id: int, holds: list[HoldSpec]) -> None:
                 amount = worst.get((call["pk"], hold.metric), 0)
             adopted.append((call["pk"], amount))
         baseline = meter_baseline(tenant_id=tenant_id, user_id=hold.user_id, task_id=hold.task_id,
-                                  metric=hold.metric, window=hold.window, start=hold.period_start)
+                                  metric=hold.metric, window=hold.window, start=hold.period_start,
+                                  api_key_id=hold.api_key_id)
         try:
             with transaction.atomic():
                 meter = UsageMeter.objects.create(
-                    tenant_id=tenant_id, user_id=hold.user_id, task_id=hold.task_id, metric=hold.metric,
+                    tenant_id=tenant_id, user_id=hold.user_id, task_id=hold.task_id, api_key_id=hold.api_key_id,
+                    metric=hold.metric,
                     window=hold.window, period_start=hold.period_start, used=baseline, baseline=baseline,
                     reserved=sum(amount for _, amount in adopted))
         except IntegrityError:

@@ -164,6 +164,10 @@ class UsageMeter(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="meters", db_index=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE)
     task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.PROTECT)
+    # An API key's own budget (policy keys of subject KEY) counts on meters of that key; every other
+    # meter has none. No index of its own: the unique key below leads with the tenant.
+    api_key = models.ForeignKey("tenants.ApiKey", null=True, blank=True, on_delete=models.CASCADE, db_index=False,
+                                related_name="+")
     metric = models.CharField(max_length=16, choices=Metric.choices)
     window = models.CharField(max_length=8, choices=Window.choices)
     period_start = models.DateTimeField()
@@ -180,8 +184,8 @@ class UsageMeter(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                "tenant", Coalesce("user", 0), Coalesce("task", 0), "metric", "window", "period_start",
-                name="uniq_usage_meter_subject_period",
+                "tenant", Coalesce("user", 0), Coalesce("task", 0), Coalesce("api_key", 0), "metric", "window",
+                "period_start", name="uniq_usage_meter_subject",
             ),
             models.CheckConstraint(condition=Q(used__gte=0), name="meter_used_non_negative"),
             models.CheckConstraint(condition=Q(reserved__gte=0), name="meter_reserved_non_negative"),
@@ -206,6 +210,9 @@ class UsageReservation(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="reservations")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reservations")
     task = models.ForeignKey(Task, on_delete=models.PROTECT)
+    # The API key the call authenticated with (None: a JWT). No index or foreign-key check on the hot path.
+    api_key = models.ForeignKey("tenants.ApiKey", null=True, blank=True, on_delete=models.DO_NOTHING, db_index=False,
+                                db_constraint=False, related_name="+")
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.ACTIVE)
     enforcement_mode = models.CharField(max_length=8, choices=EnforcementMode.choices)
     expires_at = models.DateTimeField()
@@ -275,6 +282,8 @@ class UsageLog(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_logs", db_index=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="usage_logs")
     task = models.ForeignKey(Task, on_delete=models.PROTECT)
+    api_key = models.ForeignKey("tenants.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, db_index=False,
+                                related_name="usage_logs", help_text="The API key the call was made with (empty: a JWT).")
     feature_code = models.CharField(max_length=64)
     provider = models.CharField(max_length=32, blank=True)
     model_name = models.CharField(max_length=128, blank=True)
@@ -317,6 +326,8 @@ class UsageLog(models.Model):
             models.Index(fields=["tenant", "admitted_at"], name="usagelog_tenant_time"),
             models.Index(fields=["tenant", "user", "admitted_at"], name="usagelog_tenant_user_time"),
             models.Index(fields=["admitted_at"], name="usagelog_time"),
+            # A key's calls (filters, and a key meter's baseline); only rows made with a key are indexed.
+            models.Index(fields=["api_key", "admitted_at"], name="usagelog_key_time", condition=Q(api_key__isnull=False)),
         ]
 
     def __str__(self) -> str:

@@ -34,6 +34,7 @@ DECLARE
     p_tenant bigint := (p->>'tenant')::bigint;
     p_user bigint := (p->>'user')::bigint;
     p_task bigint := (p->>'task')::bigint;
+    p_api_key bigint := (p->>'api_key')::bigint;  -- the API key the call was made with (NULL: a JWT)
     p_mode text := p->>'mode';
     p_now timestamptz := (p->>'now')::timestamptz;
     p_expires timestamptz := (p->>'expires')::timestamptz;
@@ -42,6 +43,7 @@ DECLARE
     p_alert_day timestamptz := (p->>'alert_day')::timestamptz;
     p_ensure_meters boolean := (p->>'ensure_meters')::boolean;
     h_user bigint[];
+    h_apikey bigint[];  -- the API key of a key's own budget hold (NULL for every other hold)
     h_task bigint[];
     h_metric text[];
     h_window text[];
@@ -69,6 +71,7 @@ BEGIN
     -- parameter is far cheaper to send than eight typed arrays, and array_in cheaper than
     -- unpacking JSON elements.
     h_user := (p->>'h_user')::bigint[];
+    h_apikey := (p->>'h_apikey')::bigint[];
     h_task := (p->>'h_task')::bigint[];
     h_metric := (p->>'h_metric')::text[];
     h_window := (p->>'h_window')::text[];
@@ -89,15 +92,17 @@ BEGIN
         INTO v_adopt, v_adopt_hold, v_adopt_active
         FROM (
             SELECT r.id, h.i, r.status = 'ACTIVE' AS active
-            FROM unnest(h_user, h_task, h_metric, h_window, h_period) WITH ORDINALITY AS h(u, t, m, w, p, i)
+            FROM unnest(h_user, h_task, h_apikey, h_metric, h_window, h_period) WITH ORDINALITY AS h(u, t, k, m, w, p, i)
             JOIN metering_usagereservation r
               ON r.tenant_id = p_tenant AND r.status IN ('ACTIVE', 'EXPIRED', 'RELEASED')
              AND r.expires_at >= h.p AND r.created_at >= h.p AND r.created_at < __PERIOD_END__
              AND (h.u IS NULL OR r.user_id = h.u) AND (h.t IS NULL OR r.task_id = h.t)
+             AND (h.k IS NULL OR r.api_key_id = h.k)
              AND (r.status = 'ACTIVE' OR h.m <> 'CONCURRENT')
             WHERE NOT EXISTS (
                 SELECT 1 FROM metering_usagemeter mm
                 WHERE mm.tenant_id = p_tenant AND COALESCE(mm.user_id, 0) = COALESCE(h.u, 0)
+          AND COALESCE(mm.api_key_id, 0) = COALESCE(h.k, 0)
                   AND COALESCE(mm.task_id, 0) = COALESCE(h.t, 0) AND mm.metric = h.m AND mm."window" = h.w
                   AND mm.period_start = h.p)
             ORDER BY r.id
@@ -108,10 +113,11 @@ BEGIN
         -- a concurrency meter; a released one nothing. One insert order for every creator.
         WITH wanted AS (
             SELECT h.*, __PERIOD_END__ AS e
-            FROM unnest(h_user, h_task, h_metric, h_window, h_period) WITH ORDINALITY AS h(u, t, m, w, p, i)
+            FROM unnest(h_user, h_task, h_apikey, h_metric, h_window, h_period) WITH ORDINALITY AS h(u, t, k, m, w, p, i)
             WHERE NOT EXISTS (
                 SELECT 1 FROM metering_usagemeter mm
                 WHERE mm.tenant_id = p_tenant AND COALESCE(mm.user_id, 0) = COALESCE(h.u, 0)
+          AND COALESCE(mm.api_key_id, 0) = COALESCE(h.k, 0)
                   AND COALESCE(mm.task_id, 0) = COALESCE(h.t, 0) AND mm.metric = h.m AND mm."window" = h.w
                   AND mm.period_start = h.p)
         ), adopted AS (
@@ -122,37 +128,45 @@ BEGIN
                                        WHERE x.reservation_id = a.id AND xm.metric = h_metric[a.i]), 0) END AS amount
             FROM unnest(v_adopt, v_adopt_hold, v_adopt_active) AS a(id, i, active)
         ), created AS (
-            INSERT INTO metering_usagemeter AS mm (tenant_id, user_id, task_id, metric, "window", period_start, used,
+            INSERT INTO metering_usagemeter AS mm (tenant_id, user_id, task_id, api_key_id, metric, "window", period_start, used,
                                                    baseline, reserved, updated_at)
-            SELECT p_tenant, h.u, h.t, h.m, h.w, h.p, b.amount, b.amount,
+            SELECT p_tenant, h.u, h.t, h.k, h.m, h.w, h.p, b.amount + kb.amount, b.amount + kb.amount,
                    (SELECT COALESCE(sum(a.amount), 0) FROM adopted a WHERE a.i = h.i), p_now
             FROM wanted h CROSS JOIN LATERAL (
                 -- The rollup covers days: a minute (rate) or a gauge (concurrency) starts from 0.
                 SELECT COALESCE(sum(__ROLLUP__), 0) AS amount FROM metering_usagedaily d
-                WHERE h.w IN ('DAY', 'MONTH') AND d.tenant_id = p_tenant AND (h.u IS NULL OR d.user_id = h.u)
-                  AND (h.t IS NULL OR d.task_id = h.t)
+                WHERE h.w IN ('DAY', 'MONTH') AND h.k IS NULL AND d.tenant_id = p_tenant
+                  AND (h.u IS NULL OR d.user_id = h.u) AND (h.t IS NULL OR d.task_id = h.t)
                   AND d.day >= (h.p AT TIME ZONE 'UTC')::date AND d.day < (h.e AT TIME ZONE 'UTC')::date
-            ) b
-            ORDER BY h.m, h.w, COALESCE(h.u, 0), COALESCE(h.t, 0)
-            ON CONFLICT (tenant_id, COALESCE(user_id, 0::bigint), COALESCE(task_id, 0::bigint), metric, "window",
-                         period_start) DO NOTHING  -- another admission created it, and adopted these calls
-            RETURNING mm.id, mm.user_id, mm.task_id, mm.metric, mm."window"
+            ) b CROSS JOIN LATERAL (
+                -- An API key's meter: the rollup has no key dimension; the key's ledger rows of the
+                -- period are an indexed range (usagelog_key_time), read once per new meter.
+                SELECT COALESCE(sum(__KEY_ACTUAL__), 0) AS amount FROM metering_usagelog l
+                WHERE h.k IS NOT NULL AND h.w IN ('DAY', 'MONTH') AND l.api_key_id = h.k AND l.tenant_id = p_tenant
+                  AND l.status <> 'REFUSED' AND (h.t IS NULL OR l.task_id = h.t)
+                  AND l.admitted_at >= h.p AND l.admitted_at < h.e
+            ) kb
+            ORDER BY h.m, h.w, COALESCE(h.u, 0), COALESCE(h.t, 0), COALESCE(h.k, 0)
+            ON CONFLICT (tenant_id, COALESCE(user_id, 0::bigint), COALESCE(task_id, 0::bigint),
+                         COALESCE(api_key_id, 0::bigint), metric, "window", period_start) DO NOTHING  -- another admission created it, and adopted these calls
+            RETURNING mm.id, mm.user_id, mm.task_id, mm.api_key_id, mm.metric, mm."window"
         )
         INSERT INTO metering_usagehold (reservation_id, meter_id, amount, policy_key, limit_value)
         SELECT a.id, c.id, a.amount, h_key[h.i], h_limit[h.i]
         FROM created c
         JOIN wanted h ON h.m = c.metric AND h.w = c."window" AND COALESCE(h.u, 0) = COALESCE(c.user_id, 0)
-                     AND COALESCE(h.t, 0) = COALESCE(c.task_id, 0)
+                     AND COALESCE(h.t, 0) = COALESCE(c.task_id, 0) AND COALESCE(h.k, 0) = COALESCE(c.api_key_id, 0)
         JOIN adopted a ON a.i = h.i;
     END IF;
 
     -- Each hold's meter by its unique key: one probe of that index per hold, whatever the number
     -- of meters (periods) the tenant has collected.
     SELECT array_agg(f.id ORDER BY h.i) INTO v_ids
-    FROM unnest(h_user, h_task, h_metric, h_window, h_period) WITH ORDINALITY AS h(u, t, m, w, p, i)
+    FROM unnest(h_user, h_task, h_apikey, h_metric, h_window, h_period) WITH ORDINALITY AS h(u, t, k, m, w, p, i)
     CROSS JOIN LATERAL (
         SELECT mm.id FROM metering_usagemeter mm
         WHERE mm.tenant_id = p_tenant AND COALESCE(mm.user_id, 0) = COALESCE(h.u, 0)
+          AND COALESCE(mm.api_key_id, 0) = COALESCE(h.k, 0)
           AND COALESCE(mm.task_id, 0) = COALESCE(h.t, 0) AND mm.metric = h.m AND mm."window" = h.w
           AND mm.period_start = h.p
         LIMIT 1  -- at most one row (the unique key); also keeps the planner from flattening the probe
@@ -180,9 +194,10 @@ BEGIN
     END IF;
 
     INSERT INTO metering_usagereservation (id, request_id, status, enforcement_mode, expires_at, created_at,
-                                           idempotency_key, request_fingerprint, tenant_id, user_id, task_id)
+                                           idempotency_key, request_fingerprint, tenant_id, user_id, task_id,
+                                           api_key_id)
     VALUES (p_reservation, p_request_id, 'ACTIVE', p_mode, p_expires, p_now, p_idempotency_key, p_fingerprint,
-            p_tenant, p_user, p_task)
+            p_tenant, p_user, p_task, p_api_key)
     ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
         IF p_idempotency_key IS NULL THEN
@@ -262,7 +277,7 @@ BEGIN
         response_body = p_response_body,
         idempotency_key = CASE WHEN p_free_key THEN NULL ELSE idempotency_key END
     WHERE id = p_reservation AND status = 'ACTIVE'
-    RETURNING request_id, tenant_id, user_id, task_id, enforcement_mode, created_at INTO res;
+    RETURNING request_id, tenant_id, user_id, task_id, enforcement_mode, created_at, api_key_id INTO res;
     IF NOT FOUND THEN
         -- The lease ran out (or an operator released it) while the call was still running: its holds
         -- were released, but what it used is charged all the same (flagged settled_late).
@@ -272,7 +287,7 @@ BEGIN
             idempotency_key = CASE WHEN p_free_key THEN NULL ELSE r.idempotency_key END
         WHERE r.id = p_reservation AND r.status IN ('EXPIRED', 'RELEASED')
           AND NOT EXISTS (SELECT 1 FROM metering_usagelog l WHERE l.reservation_id = p_reservation)
-        RETURNING request_id, tenant_id, user_id, task_id, enforcement_mode, created_at INTO res;
+        RETURNING request_id, tenant_id, user_id, task_id, enforcement_mode, created_at, api_key_id INTO res;
         IF NOT FOUND THEN
             IF NOT EXISTS (SELECT 1 FROM metering_usagereservation WHERE id = p_reservation) THEN
                 RETURN jsonb_build_object('status', 'lost');  -- its admission was lost in a database crash
@@ -331,6 +346,9 @@ BEGIN
             p_error_code, res.enforcement_mode, p_would_refuse, p_estimated, p_attempts, v_late, p_max_tokens_fitted,
             res.created_at, p_now)
     RETURNING id INTO v_log;
+    IF res.api_key_id IS NOT NULL THEN  -- the ledger row of a call made with an API key names it
+        UPDATE metering_usagelog SET api_key_id = res.api_key_id WHERE id = v_log;
+    END IF;
 
     INSERT INTO metering_usagedaily AS d (tenant_id, user_id, task_id, model_name, day, requests, refused,
                                           tokens_in, tokens_out, api_calls, cost_micro_usd)
@@ -342,7 +360,7 @@ BEGIN
         cost_micro_usd = d.cost_micro_usd + excluded.cost_micro_usd;
 
     RETURN jsonb_build_object(
-        'log_id', v_log, 'request_id', res.request_id, 'tenant_id', res.tenant_id, 'user_id', res.user_id,
+        'log_id', v_log, 'api_key_id', res.api_key_id, 'request_id', res.request_id, 'tenant_id', res.tenant_id, 'user_id', res.user_id,
         'task_id', res.task_id, 'feature_code', v_feature, 'enforcement_mode', res.enforcement_mode,
         'admitted_at', res.created_at, 'alerts', to_jsonb(v_alerts), 'late', v_late,
         'remaining', CASE WHEN v_remaining IS NULL THEN NULL ELSE GREATEST(v_remaining, 0) END);
@@ -376,7 +394,9 @@ def functions_sql() -> str:
     actual = actual_sql("m.metric", {"tokens_in": "p_tokens_in", "tokens_out": "p_tokens_out",
                                      "cost_micro_usd": "p_cost", "api_calls": "p_api_calls"})
     thresholds = f"({WARN_PERCENT}, 'QUOTA_WARNING'), ({EXCEEDED_PERCENT}, 'QUOTA_EXCEEDED')"
-    return (ADMIT.replace("__CONCURRENCY_PERCENT__", str(CONCURRENCY_PERCENT))
+    key_actual = actual_sql("h.m", {"tokens_in": "l.tokens_in", "tokens_out": "l.tokens_out",
+                                     "cost_micro_usd": "l.cost_micro_usd", "api_calls": "l.api_calls"})
+    return (ADMIT.replace("__CONCURRENCY_PERCENT__", str(CONCURRENCY_PERCENT)).replace("__KEY_ACTUAL__", key_actual)
             .replace("__ROLLUP__", rollup_sql("h.m", "d")).replace("__PERIOD_END__", _PERIOD_END)
             + SETTLE.replace("__QUOTA_KEYS__", quota_keys + "]::text[]").replace("__ACTUAL__", actual)
             .replace("__THRESHOLDS__", thresholds))

@@ -29,7 +29,15 @@ from catalog.selectors import (
 from gateway_project.memo import GenerationCache
 from metering.models import Metric, PolicyRule, UsageMeter, Window
 from metering.periods import period_start
-from metering.policy_keys import METERED_KEYS, POLICY_KEYS, KeyKind, PolicyKey, Subject, enforced_amount
+from metering.policy_keys import (
+    API_KEY_LIMIT_KEYS,
+    METERED_KEYS,
+    POLICY_KEYS,
+    KeyKind,
+    PolicyKey,
+    Subject,
+    enforced_amount,
+)
 from tenants.selectors import TenantContext
 
 logger = logging.getLogger("gateway.policy")
@@ -143,6 +151,9 @@ class Limit:
 
 @dataclass(frozen=True)
 class HoldSpec:
+    # The API key whose own budget this hold counts (policy keys of subject KEY); None for every other.
+    # Keyword-only: positional construction of the other fields stays as it is.
+    api_key_id: int | None = field(default=None, kw_only=True)
     key: str
     metric: str
     window: str
@@ -307,7 +318,7 @@ def usage_snapshot(*, tenant_id: int, user_id: int, now: datetime) -> dict[tuple
     if cached is not None and clock - cached[0] < ttl and cached[1] == minute:
         return cached[2]
     usage: dict[tuple, int] = {}
-    rows = UsageMeter.objects.filter(tenant_id=tenant_id).filter(
+    rows = UsageMeter.objects.filter(tenant_id=tenant_id, api_key__isnull=True).filter(  # not the keys' own
         Q(user__isnull=True) | Q(user_id=user_id)
     ).filter(period_start__in={period_start(w, now) for w in Window.values}).values_list(
         "user_id", "task_id", "metric", "window", "period_start", "used", "reserved"
@@ -471,7 +482,25 @@ def policy_evaluate(
     for hold in holds:
         decision.limits[f"{hold.key}{':' + task.code if hold.task_id else ''}"] = resolved.metered[
             (hold.key, hold.task_id is not None)]
+    if api_key is not None and api_key.limits:
+        _api_key_holds(decision, api_key, starts=starts, amounts=amounts)
     return decision
+
+
+def _api_key_holds(decision: EnforcementDecision, api_key: Any, *, starts: dict[str, datetime],
+                   amounts: dict[str, int]) -> None:
+    """The key's own budget (ApiKey.limits): one hold per limit on the key's own meters, on top of
+    every tenant and user limit. Budget fitting does not shrink a call to these; admission refuses."""
+    source = f"API key '{api_key.name}'"
+    for name, value in api_key.limits:
+        key = API_KEY_LIMIT_KEYS.get(name)
+        if key is None:  # validated on save; a key dropped from the registry no longer applies
+            continue
+        limit = int(enforced_amount(name, value))
+        decision.holds.append(HoldSpec(key=name, metric=key.metric, window=key.window,
+                                       period_start=starts[key.window], user_id=None, task_id=None, limit=limit,
+                                       amount=amounts[key.metric], source=source, api_key_id=api_key.id))
+        decision.limits[name] = Limit(name, limit, source, None)
 
 
 def policy_setting(decision: EnforcementDecision, name: str) -> Any:

@@ -39,6 +39,7 @@ class Subject(StrEnum):
     REQUEST = "request"
     TENANT = "tenant"
     USER = "user"
+    KEY = "key"  # an API key's own budget: set on the key (ApiKey.limits), counted on its own meters
 
 
 class PolicyValueError(ValueError):
@@ -67,7 +68,7 @@ def _key(*args: Any, **kwargs: Any) -> PolicyKey:
     return PolicyKey(*args, **kwargs)
 
 
-_R, _T, _U = Subject.REQUEST, Subject.TENANT, Subject.USER
+_R, _T, _U, _K = Subject.REQUEST, Subject.TENANT, Subject.USER, Subject.KEY
 _KEYS = [
     _key("max_tokens_in", KeyKind.PER_REQUEST, ValueType.INT, "tokens", _R, "Most input tokens one request may send."),
     _key("max_tokens_out", KeyKind.PER_REQUEST, ValueType.INT, "tokens", _R,
@@ -109,10 +110,22 @@ _KEYS = [
          "Default: 256.", default=256),
     _key("allowed_model_classes", KeyKind.ACCESS, ValueType.MODEL_CLASSES, "model classes", _R,
          "Narrows the plan's model classes (e.g. only the cheaper ones once a quota is nearly used)."),
+    # An API key's own budget, on top of every tenant and user limit (DESIGN §4). Set on the key
+    # (ApiKey.limits: API, admin, command), not in a policy rule; meters and holds as for every quota.
+    _key("key_tokens_per_day", KeyKind.QUOTA, ValueType.INT, "tokens", _K, "One API key's tokens per UTC day.",
+         Metric.TOKENS, Window.DAY),
+    _key("key_tokens_per_month", KeyKind.QUOTA, ValueType.INT, "tokens", _K, "One API key's tokens per month.",
+         Metric.TOKENS, Window.MONTH),
+    _key("key_cost_per_day_usd", KeyKind.QUOTA, ValueType.USD, "USD", _K,
+         "One API key's spend per UTC day; enforced in integer micro-USD.", Metric.COST, Window.DAY),
+    _key("key_cost_per_month_usd", KeyKind.QUOTA, ValueType.USD, "USD", _K,
+         "One API key's spend per month; enforced in integer micro-USD.", Metric.COST, Window.MONTH),
 ]
 
 POLICY_KEYS: dict[str, PolicyKey] = {k.name: k for k in _KEYS}
-METERED_KEYS: list[PolicyKey] = [k for k in _KEYS if k.is_metered]
+# The keys policy rules meter. An API key's budget keys are metered from the key's own limits instead.
+METERED_KEYS: list[PolicyKey] = [k for k in _KEYS if k.is_metered and k.subject != Subject.KEY]
+API_KEY_LIMIT_KEYS: dict[str, PolicyKey] = {k.name: k for k in _KEYS if k.subject == Subject.KEY}
 
 
 def get_key(name: str) -> PolicyKey:
@@ -148,9 +161,15 @@ _BOOL_WORDS = {"true": True, "on": True, "yes": True, "1": True, "false": False,
                "0": False}
 
 
-def validate_value(name: str, value: Any) -> Any:
-    """Return the canonical JSON value for the key, or raise PolicyValueError with a helpful message."""
+def validate_value(name: str, value: Any, *, on_api_key: bool = False) -> Any:
+    """Return the canonical JSON value for the key, or raise PolicyValueError with a helpful message.
+    An API key's budget keys are set on the key (`on_api_key`), and only those are."""
     key = get_key(name)
+    if (key.subject == Subject.KEY) != on_api_key:
+        if on_api_key:
+            raise PolicyValueError(f"'{name}' is not an API key limit; an API key takes "
+                                   f"{', '.join(sorted(API_KEY_LIMIT_KEYS))}.")
+        raise PolicyValueError(f"'{name}' is an API key's own budget: set it on the key, not in a policy rule.")
     if key.value_type == ValueType.INT:
         if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,30}", value.strip()):
             value = int(value.strip())
@@ -190,6 +209,11 @@ def validate_value(name: str, value: Any) -> Any:
             raise PolicyValueError(f"Unknown model classes {unknown}; known: {sorted(known)}.")
         return value
     raise PolicyValueError(f"'{name}' has no validator.")  # pragma: no cover - registry is closed
+
+
+def api_key_limits_validate(limits: dict) -> dict:
+    """An API key's own budget ({key: value}, keys of subject KEY), canonical; PolicyValueError otherwise."""
+    return {name: validate_value(name, value, on_api_key=True) for name, value in sorted(limits.items())}
 
 
 def enforced_amount(name: str, value: Any) -> Any:

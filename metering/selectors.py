@@ -50,7 +50,7 @@ def quota_for_caller(*, context: TenantContext, now: datetime) -> list[dict[str,
             })
     meters = {
         (m.user_id, m.task_id, m.metric, m.window, m.period_start): m
-        for m in UsageMeter.objects.filter(tenant_id=context.tenant_id).filter(
+        for m in UsageMeter.objects.filter(tenant_id=context.tenant_id, api_key__isnull=True).filter(
             Q(user__isnull=True) | Q(user_id=context.user_id)
         ).filter(period_start__in={k[4] for k in wanted})
     }

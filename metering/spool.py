@@ -76,12 +76,13 @@ def _dir() -> Path:
 def spool_write(
     *, request_id: str, tenant_id: int, user_id: int, task_id: int, feature_code: str, mode: str,
     admitted_at: datetime, holds: list[HoldSpec], outcome: CallOutcome, would_refuse_code: str = "",
+    api_key_id: int | None = None,
 ) -> Path | None:
     """Keep a call's usage for `spool_replay`. Returns the file written, or None if it went to Redis."""
     record = {
         "request_id": request_id, "tenant_id": tenant_id, "user_id": user_id, "task_id": task_id,
         "feature_code": feature_code, "mode": mode, "admitted_at": admitted_at.isoformat(),
-        "would_refuse_code": would_refuse_code,
+        "would_refuse_code": would_refuse_code, "api_key_id": api_key_id,
         "holds": [{**asdict(h), "period_start": h.period_start.isoformat()} for h in holds],
         "outcome": {k: v for k, v in asdict(outcome).items() if k not in ("response_body",)},
     }
@@ -207,12 +208,12 @@ def _replay_one(record: dict) -> int:
     reservation = UsageReservation.objects.create(
         request_id=record["request_id"], tenant_id=record["tenant_id"], user_id=record["user_id"],
         task_id=record["task_id"], status=UsageReservation.Status.COMPLETED, enforcement_mode=record["mode"],
-        created_at=admitted_at, expires_at=admitted_at, settled_at=admitted_at,
+        created_at=admitted_at, expires_at=admitted_at, settled_at=admitted_at, api_key_id=record.get("api_key_id"),
     )
     meter_ids = meters_ensure(tenant_id=record["tenant_id"], holds=holds)
     def meter_of(hold: HoldSpec) -> int:
         return meter_ids[(record["tenant_id"], hold.user_id, hold.task_id, hold.metric, hold.window,
-                          hold.period_start)]
+                          hold.period_start, hold.api_key_id)]
 
     # In meter-id order, as admission locks them: a replay racing admissions never deadlocks.
     for hold in sorted(holds, key=meter_of):
@@ -224,6 +225,7 @@ def _replay_one(record: dict) -> int:
     log = UsageLog.objects.create(
         request_id=record["request_id"], reservation=reservation, tenant_id=record["tenant_id"],
         user_id=record["user_id"], task_id=record["task_id"], feature_code=record["feature_code"],
+        api_key_id=record.get("api_key_id"),
         provider=outcome.provider, model_name=outcome.model_name, model_class=outcome.model_class,
         tokens_in=outcome.tokens_in, tokens_out=outcome.tokens_out, api_calls=outcome.api_calls,
         cost_micro_usd=outcome.cost_micro_usd, latency_ms=outcome.latency_ms, status=outcome.status,

@@ -25,6 +25,7 @@ class ApiKeySerializer(serializers.Serializer):
     user = serializers.SerializerMethodField(help_text="The user a user key acts as; null for a service key.")
     allowed_tasks = serializers.ListField(child=serializers.CharField())
     allowed_model_classes = serializers.ListField(child=serializers.CharField())
+    limits = serializers.DictField(help_text="The key's own budget, e.g. {\"key_tokens_per_day\": 100000}.")
     status = serializers.CharField()
     expires_at = serializers.DateTimeField(allow_null=True)
     revoked_at = serializers.DateTimeField(allow_null=True)
@@ -66,6 +67,9 @@ class ApiKeyListApi(APIView):
         allowed_model_classes = serializers.ListField(child=serializers.CharField(max_length=32), required=False,
                                                       max_length=100)
         expires_at = serializers.DateTimeField(required=False, allow_null=True)
+        limits = serializers.DictField(
+            required=False, help_text="The key's own budget: key_tokens_per_day, key_tokens_per_month, "
+                                      "key_cost_per_day_usd, key_cost_per_month_usd (USD as a string).")
 
     @extend_schema(responses=ApiKeyListSerializer)
     def get(self, request: Request) -> Response:
@@ -84,7 +88,8 @@ class ApiKeyListApi(APIView):
         issued = services.api_key_create(
             tenant=request.auth.user.tenant, name=values["name"], user=user,
             allowed_tasks=values.get("allowed_tasks"), allowed_model_classes=values.get("allowed_model_classes"),
-            expires_at=values.get("expires_at"), actor=request.auth.user, source=AuditSource.API,
+            expires_at=values.get("expires_at"), limits=values.get("limits"), actor=request.auth.user,
+            source=AuditSource.API,
         )
         return Response(_issued(issued), status=status.HTTP_201_CREATED)
 
@@ -102,6 +107,18 @@ class ApiKeyDetailApi(APIView):
     @extend_schema(responses=ApiKeySerializer)
     def get(self, request: Request, key_id: int) -> Response:
         return Response(ApiKeySerializer(_key_or_404(request, key_id)).data)
+
+    class UpdateSerializer(serializers.Serializer):
+        limits = serializers.DictField(help_text="Replaces the key's own budget ({} removes it).")
+
+    @extend_schema(request=UpdateSerializer, responses=ApiKeySerializer)
+    def patch(self, request: Request, key_id: int) -> Response:
+        key = _key_or_404(request, key_id)
+        data = self.UpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        key = services.api_key_limits_set(api_key=key, limits=data.validated_data["limits"], actor=request.auth.user,
+                                          source=AuditSource.API)
+        return Response(ApiKeySerializer(key).data)
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, key_id: int) -> Response:

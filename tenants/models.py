@@ -182,6 +182,10 @@ class ApiKey(models.Model):
     allowed_tasks = models.JSONField(default=list, blank=True, help_text="Task codes; empty = every task.")
     allowed_model_classes = models.JSONField(
         default=list, blank=True, help_text="Model class codes; empty = every class the plan allows.")
+    limits = models.JSONField(
+        default=dict, blank=True,
+        help_text='The key\'s own budget, on top of every other limit: {"key_tokens_per_day": 100000, '
+                  '"key_cost_per_month_usd": "25"} (keys of the policy registry with subject KEY).')
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False,

@@ -31,6 +31,9 @@ class ApiKeyInfo:
     allowed_tasks: tuple[str, ...]  # empty = every task
     allowed_model_classes: tuple[str, ...]  # empty = every class the plan allows
     expires_at: datetime | None
+    # The key's own budget: (policy key of subject KEY, its canonical value), as ApiKey.limits holds it;
+    # metering reads it through its registry (tenants knows no policy keys: DESIGN §2).
+    limits: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -306,7 +309,8 @@ def _api_key_from_db(*, public_id: str, secret: str, acting: str) -> tuple[Tenan
     context = _resolve_from_db(user_id=user.pk, tenant_id=key.tenant_id, ati_id=tenant_ati)
     info = ApiKeyInfo(id=key.pk, name=key.name, prefix=key.prefix, is_service=key.is_service,
                       allowed_tasks=tuple(key.allowed_tasks or ()),
-                      allowed_model_classes=tuple(key.allowed_model_classes or ()), expires_at=key.expires_at)
+                      allowed_model_classes=tuple(key.allowed_model_classes or ()), expires_at=key.expires_at,
+                      limits=tuple(sorted((key.limits or {}).items())))
     # last_used_at is written when the identity is resolved (a cache miss), not on every call: at
     # most once per IDENTITY_CACHE_SECONDS per process, and no write on the hot path.
     ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -302,7 +303,7 @@ def _new_key_secret() -> tuple[str, str, str]:
 def _key_snapshot(key: ApiKey) -> dict:
     return {"name": key.name, "prefix": key.prefix, "user": key.user.username if key.user_id else None,
             "allowed_tasks": key.allowed_tasks, "allowed_model_classes": key.allowed_model_classes,
-            "expires_at": key.expires_at, "revoked_at": key.revoked_at}
+            "limits": key.limits, "expires_at": key.expires_at, "revoked_at": key.revoked_at}
 
 
 def _service_account_ensure(tenant: Tenant) -> User:
@@ -320,6 +321,24 @@ def _service_account_ensure(tenant: Tenant) -> User:
     return user
 
 
+# Set by the metering app (its AppConfig.ready): validates a key's own budget against the policy
+# registry, which lives above tenants (DESIGN §2). {name: value} in, canonical {name: value} out.
+api_key_limits_validator: Callable[[dict], dict] | None = None
+
+
+def _canonical_limits(limits: dict | None) -> dict:
+    if not limits:
+        return {}
+    if not isinstance(limits, dict):
+        raise BadRequest("limits is an object of API key budget keys.", code="invalid_api_key")
+    if api_key_limits_validator is None:  # pragma: no cover - the metering app is always installed
+        raise BadRequest("API key limits are not available.", code="invalid_api_key")
+    try:
+        return api_key_limits_validator(limits)
+    except ValueError as error:
+        raise BadRequest(str(error), code="invalid_api_key") from None
+
+
 def _validate_key_limits(*, tenant: Tenant, allowed_tasks: list[str], allowed_model_classes: list[str]) -> None:
     from catalog.models import ModelClass, Task
 
@@ -335,8 +354,8 @@ def _validate_key_limits(*, tenant: Tenant, allowed_tasks: list[str], allowed_mo
 @transaction.atomic
 def api_key_create(
     *, tenant: Tenant, name: str, user: User | None = None, allowed_tasks: list[str] | None = None,
-    allowed_model_classes: list[str] | None = None, expires_at=None, actor: User | None = None,
-    source: str | None = None,
+    allowed_model_classes: list[str] | None = None, expires_at=None, limits: dict | None = None,
+    actor: User | None = None, source: str | None = None,
 ) -> IssuedApiKey:
     """A user key (acts as `user`) or, with no user, a service key. The key is in the answer only."""
     name = (name or "").strip()
@@ -348,17 +367,34 @@ def api_key_create(
         raise BadRequest("expires_at must be in the future.", code="invalid_api_key")
     allowed_tasks, allowed_model_classes = list(allowed_tasks or []), list(allowed_model_classes or [])
     _validate_key_limits(tenant=tenant, allowed_tasks=allowed_tasks, allowed_model_classes=allowed_model_classes)
+    limits = _canonical_limits(limits)
     if user is None:
         _service_account_ensure(tenant)
     public_id, secret, secret_hash = _new_key_secret()
     key = ApiKey.objects.create(
         tenant=tenant, user=user, name=name, public_id=public_id, secret_hash=secret_hash,
         allowed_tasks=allowed_tasks, allowed_model_classes=allowed_model_classes, expires_at=expires_at,
-        created_by=actor if getattr(actor, "pk", None) else None,
+        limits=limits, created_by=actor if getattr(actor, "pk", None) else None,
     )
     audit_record(action="api_key.create", object_type="api_key", object_id=key.pk, tenant=tenant,
                  after=_key_snapshot(key), actor=actor, source=source)
     return IssuedApiKey(api_key=key, secret=secret)
+
+
+@transaction.atomic
+def api_key_limits_set(*, api_key: ApiKey, limits: dict, actor: User | None = None,
+                       source: str | None = None) -> ApiKey:
+    """Replace the key's own budget (an empty dict: none). Effective on the key's next request."""
+    key = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+    canonical = _canonical_limits(limits)
+    before = key.limits
+    key.limits = canonical
+    key.save(update_fields=["limits"])
+    audit_record(action="api_key.limits_change", object_type="api_key", object_id=key.pk, tenant=key.tenant_id,
+                 before={"limits": before}, after={"limits": canonical}, actor=actor, source=source)
+    tenant_id = key.tenant_id
+    transaction.on_commit(lambda: identity_cache_invalidate(tenant_id=tenant_id))
+    return key
 
 
 @transaction.atomic

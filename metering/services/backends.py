@@ -71,7 +71,7 @@ class HoldsBackend(Protocol):
 
 
 def _meter_key(tenant_id: int, hold: HoldSpec) -> tuple:
-    return (tenant_id, hold.user_id, hold.task_id, hold.metric, hold.window, hold.period_start)
+    return (tenant_id, hold.user_id, hold.task_id, hold.metric, hold.window, hold.period_start, hold.api_key_id)
 
 
 class PythonHolds:
@@ -145,6 +145,7 @@ class PythonHolds:
         log = UsageLog.objects.create(
             request_id=reservation.request_id, reservation=reservation, tenant_id=reservation.tenant_id,
             user_id=reservation.user_id, task_id=reservation.task_id, feature_code=reservation.task.feature.code,
+            api_key_id=reservation.api_key_id,
             provider=outcome.provider, model_name=outcome.model_name, model_class=outcome.model_class,
             tokens_in=outcome.tokens_in, tokens_out=outcome.tokens_out, api_calls=outcome.api_calls,
             cost_micro_usd=outcome.cost_micro_usd, latency_ms=outcome.latency_ms, status=outcome.status,
@@ -184,6 +185,7 @@ class PostgresHolds:
         log = UsageLog(
             pk=result["log_id"], request_id=result["request_id"], reservation_id=reservation_id,
             tenant_id=result["tenant_id"], user_id=result["user_id"], task_id=result["task_id"],
+            api_key_id=result.get("api_key_id"),
             feature_code=result["feature_code"], provider=outcome.provider, model_name=outcome.model_name,
             model_class=outcome.model_class, tokens_in=outcome.tokens_in, tokens_out=outcome.tokens_out,
             api_calls=outcome.api_calls, cost_micro_usd=outcome.cost_micro_usd, latency_ms=outcome.latency_ms,

@@ -53,17 +53,19 @@ class Admission:
 
 
 def _meter_key(tenant_id: int, hold: HoldSpec) -> tuple:
-    return (tenant_id, hold.user_id, hold.task_id, hold.metric, hold.window, hold.period_start)
+    return (tenant_id, hold.user_id, hold.task_id, hold.metric, hold.window, hold.period_start, hold.api_key_id)
 
 
 def _meter_ids(keys: set[tuple]) -> dict[tuple, int]:
     q = Q()
     for k in keys:
-        q |= Q(tenant_id=k[0], user_id=k[1], task_id=k[2], metric=k[3], window=k[4], period_start=k[5])
+        q |= Q(tenant_id=k[0], user_id=k[1], task_id=k[2], metric=k[3], window=k[4], period_start=k[5],
+               api_key_id=k[6])
     return {
-        (r["tenant_id"], r["user_id"], r["task_id"], r["metric"], r["window"], r["period_start"]): r["id"]
+        (r["tenant_id"], r["user_id"], r["task_id"], r["metric"], r["window"], r["period_start"],
+         r["api_key_id"]): r["id"]
         for r in UsageMeter.objects.filter(q).values("id", "tenant_id", "user_id", "task_id", "metric", "window",
-                                                     "period_start")
+                                                     "period_start", "api_key_id")
     }
 
 
@@ -178,13 +180,14 @@ def usage_admit(
     now: datetime,
     idempotency_key: str | None = None,
     fingerprint: str = "",
+    api_key_id: int | None = None,
 ) -> Admission:
     """Take every hold of one request or none. HARD refuses at the first crossed limit (429);
     SHADOW and SOFT take the hold anyway and record what HARD would have refused."""
     reservation = UsageReservation(
         request_id=request_id, tenant_id=tenant_id, user_id=user_id, task_id=decision.task.id,
         enforcement_mode=mode, created_at=now, expires_at=now + timedelta(seconds=settings.RESERVATION_LEASE_SECONDS),
-        idempotency_key=idempotency_key, request_fingerprint=fingerprint,
+        idempotency_key=idempotency_key, request_fingerprint=fingerprint, api_key_id=api_key_id,
     )
     holds = decision.holds
     result = holds_backend().admit(reservation=reservation, holds=holds, alert_day=alert_day(now))

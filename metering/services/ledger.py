@@ -40,10 +40,11 @@ def usage_daily_add(log: UsageLog) -> None:
 @transaction.atomic
 def usage_log_refusal(
     *, request_id: str, tenant_id: int, user_id: int, task_id: int, feature_code: str, code: str, mode: str,
-    now: datetime, model_class: str = "",
+    now: datetime, model_class: str = "", api_key_id: int | None = None,
 ) -> UsageLog:
     log = UsageLog.objects.create(
         request_id=request_id, tenant_id=tenant_id, user_id=user_id, task_id=task_id, feature_code=feature_code,
+        api_key_id=api_key_id,
         status=UsageLog.Status.REFUSED, error_code=code, enforcement_mode=mode, model_class=model_class,
         admitted_at=now, created_at=now,
     )

@@ -30,7 +30,10 @@ from metering.models import Notification, QuotaAlert, UsageDaily, UsageHold, Usa
 from metering.policy import EnforcementDecision, HoldSpec, policy_cache_invalidate, policy_evaluate
 from metering.policy_keys import POLICY_KEYS
 from metering.services.backends import holds_backend
-from tenants.selectors import identity_resolve
+from django.core.cache import cache
+
+from tenants import services as tenant_services
+from tenants.selectors import api_key_resolve, identity_resolve
 from tests.conftest import require_postgres
 
 LEASE = 120  # RESERVATION_LEASE_SECONDS, set by the fixture below
@@ -101,7 +104,8 @@ def meter(tenant, metric: str, window: str, *, user=None, task: str | None = Non
           now: datetime | None = None) -> UsageMeter:
     from metering.periods import period_start
 
-    return UsageMeter.objects.get(tenant=tenant, user=user, task=Task.objects.get(code=task) if task else None,
+    return UsageMeter.objects.get(tenant=tenant, user=user, api_key=None,
+                                  task=Task.objects.get(code=task) if task else None,
                                   metric=metric, window=window,
                                   period_start=period_start(window, now or timezone.now()))
 
@@ -115,6 +119,31 @@ def state() -> tuple:
 
 def micro_usd(amount: int) -> str:
     return str(Decimal(amount) / 1_000_000)
+
+
+def key_issue(tenant, *, name: str = "svc", limits: dict | None = None):
+    return tenant_services.api_key_create(tenant=tenant, name=name, limits=limits)
+
+
+def key_context(issued):
+    """The identity a request with this API key gets (the key's own budget rides on it)."""
+    cache.clear()  # a test's transaction never commits: what the key's on-commit invalidation does
+    public_id, secret = issued.secret.removeprefix("gw_live_").split("_", 1)
+    return api_key_resolve(public_id=public_id, secret=secret)
+
+
+def evaluate_as(context, *, now: datetime, mode: str = "HARD") -> EnforcementDecision:
+    decision = policy_evaluate(context=context, task_code="LLM2_DRAFT", tokens_in=100, requested_max_tokens_out=200,
+                               now=now, mode=mode)
+    assert decision.allowed, (decision.code, decision.message)
+    return decision
+
+
+def admit_as(context, request_id: str, *, now: datetime, mode: str = "HARD"):
+    decision = evaluate_as(context, now=now, mode=mode)
+    return decision, services.usage_admit(tenant_id=context.tenant_id, user_id=context.user_id, decision=decision,
+                                          request_id=request_id, mode=mode, now=now,
+                                          api_key_id=context.api_key_id)
 
 
 # --- the suite ------------------------------------------------------------------------------------
@@ -566,6 +595,73 @@ class HoldsContract:
         assert (rows[("tenant_tokens_per_month", "LLM2_DRAFT")]["used"],
                 rows[("tenant_tokens_per_month", "LLM2_DRAFT")]["remaining"]) == (1_000, 0)
         admit(user, "req-other-task", task="LLM1_PRIOR_ART", now=NOW)  # the rule is LLM2_DRAFT's
+
+    # an API key's own budget (issue 13 §1) ---------------------------------------------------------
+
+    def test_a_key_budget_counts_on_the_keys_own_meter_on_top_of_the_tenants(self, tenant_admin):
+        user, tenant = tenant_admin.user, tenant_admin.tenant
+        amount = hold(evaluate(user), "tenant_tokens_per_day").amount
+        rule("tenant_tokens_per_day", 10 * amount, tenant=tenant)
+        rule("max_concurrent", 10, tenant=tenant, task="LLM2_DRAFT")  # the budget, not the slots, refuses
+        issued = key_issue(tenant, limits={"key_tokens_per_day": 2 * amount})
+        context = key_context(issued)
+        decision, first = admit_as(context, "req-key-1", now=NOW)
+        spec = hold(decision, "key_tokens_per_day")
+        assert (spec.limit, spec.amount, spec.api_key_id) == (2 * amount, amount, issued.api_key.pk)
+        log = settle(first, now=NOW, tokens_in=100, tokens_out=amount - 100)
+        assert log.api_key_id == issued.api_key.pk  # the ledger names the key, on both backends
+        assert UsageLog.objects.get(request_id="req-key-1").api_key_id == issued.api_key.pk
+        own = UsageMeter.objects.get(api_key=issued.api_key, metric="TOKENS", window="DAY")
+        assert (own.user_id, own.task_id, own.used, own.reserved) == (None, None, amount, 0)
+        tenant_meter = meter(tenant, "TOKENS", "DAY", now=NOW)
+        assert tenant_meter.api_key_id is None and tenant_meter.used == amount  # counted on both
+        admit_as(context, "req-key-2", now=NOW)
+        before = state()
+        with pytest.raises(TooManyRequests) as error:
+            admit_as(context, "req-key-3", now=NOW)
+        assert error.value.code == "quota_exceeded" and "key_tokens_per_day" in error.value.message
+        assert state()[:4] == before[:4]  # nothing held, no reservation
+        assert QuotaAlert.objects.filter(meter=own, kind=QuotaAlert.Kind.QUOTA_EXCEEDED).exists()
+        # The same user with a JWT, and another key, are not limited by this key's budget.
+        admit(user, "req-jwt", now=NOW)
+        admit_as(key_context(key_issue(tenant, name="other")), "req-other-key", now=NOW)
+        assert UsageReservation.objects.get(request_id="req-jwt").api_key_id is None
+
+    def test_a_key_cost_budget_per_month(self, tenant_admin):
+        tenant = tenant_admin.tenant
+        context = key_context(key_issue(tenant, limits={"key_cost_per_month_usd": "0.000001"}))
+        spec = hold(evaluate_as(context, now=NOW), "key_cost_per_month_usd")
+        assert spec.limit == 1 and spec.metric == "COST" and spec.window == "MONTH"
+        with pytest.raises(TooManyRequests) as error:
+            admit_as(context, "req-costly", now=NOW)  # its worst case costs more than a micro-dollar
+        assert error.value.code == "quota_exceeded" and "key_cost_per_month_usd" in error.value.message
+
+    def test_a_key_meter_created_mid_period_starts_from_the_keys_ledger(self, tenant_admin):
+        tenant = tenant_admin.tenant
+        issued = key_issue(tenant)
+        earlier = key_context(issued)
+        settle(admit_as(earlier, "req-earlier", now=EARLIER_THIS_MONTH)[1], now=EARLIER_THIS_MONTH,
+               tokens_in=100, tokens_out=400)
+        settle(admit_as(earlier, "req-last-month", now=LAST_MONTH)[1], now=LAST_MONTH, tokens_in=100, tokens_out=900)
+        admit(tenant_admin.user, "req-jwt", now=EARLIER_THIS_MONTH)  # the user's JWT calls are not the key's
+        tenant_services.api_key_limits_set(api_key=issued.api_key, limits={"key_tokens_per_month": 100_000})
+        admit_as(key_context(issued), "req-now", now=NOW)
+        created = UsageMeter.objects.get(api_key=issued.api_key, metric="TOKENS", window="MONTH")
+        assert (created.baseline, created.used) == (500, 500)  # this month's key call only
+
+    def test_a_key_meter_adopts_the_keys_calls_in_flight(self, tenant_admin):
+        tenant = tenant_admin.tenant
+        issued = key_issue(tenant)
+        decision, running = admit_as(key_context(issued), "req-running", now=NOW)
+        tenant_services.api_key_limits_set(api_key=issued.api_key, limits={"key_tokens_per_day": 100_000})
+        admit_as(key_context(issued), "req-new", now=NOW)
+        own = UsageMeter.objects.get(api_key=issued.api_key, metric="TOKENS", window="DAY")
+        worst = [h.amount for h in decision.holds if h.metric == "TOKENS"]
+        assert worst  # the plan's token quotas hold the running call's worst case
+        assert own.reserved == 2 * worst[0]  # the running call's worst case was adopted, plus the new one's
+        settle(running, now=NOW, tokens_in=100, tokens_out=50)
+        own.refresh_from_db()
+        assert own.used == 150
 
 
 class TestPythonHolds(HoldsContract):

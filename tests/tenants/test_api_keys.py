@@ -169,8 +169,9 @@ def test_a_user_key_of_a_deactivated_user_stops(tenant_admin, member, django_cap
 def test_create_api_key_command(tenant_admin, member):
     out = StringIO()
     call_command("create_api_key", "--tenant", tenant_admin.tenant.slug, "--user", member.user.username,
-                 "--tasks", "LLM2_DRAFT", "--json", stdout=out)
+                 "--tasks", "LLM2_DRAFT", "--limit", "key_tokens_per_day=5000", "--json", stdout=out)
     result = json.loads(out.getvalue())
+    assert result["limits"] == {"key_tokens_per_day": 5000}
     assert result["kind"] == "user" and result["user"] == member.user.username
     assert result["allowed_tasks"] == ["LLM2_DRAFT"] and result["key"].startswith("gw_live_")
     assert key_client(result["key"]).get(ME).json()["user"]["username"] == member.user.username
@@ -178,3 +179,22 @@ def test_create_api_key_command(tenant_admin, member):
         call_command("create_api_key", "--tenant", "no-such-tenant", stdout=StringIO())
     with pytest.raises(CommandError):
         call_command("create_api_key", "--tenant", tenant_admin.tenant.slug, "--user", "nobody", stdout=StringIO())
+
+
+def test_a_keys_own_budget_is_validated_by_the_policy_registry(tenant_admin, outsider):
+    created = create(tenant_admin, limits={"key_tokens_per_day": 1000, "key_cost_per_month_usd": "2.5"})
+    assert created.status_code == 201, created.content
+    assert created.json()["limits"] == {"key_cost_per_month_usd": "2.5", "key_tokens_per_day": 1000}
+    key_id = created.json()["id"]
+    assert_error(create(tenant_admin, limits={"tenant_tokens_per_day": 5}), 400, "invalid_api_key")
+    assert_error(create(tenant_admin, limits={"key_tokens_per_day": -1}), 400, "invalid_api_key")
+    assert_error(create(tenant_admin, limits={"nope": 1}), 400, "invalid_api_key")
+    changed = tenant_admin.client.patch(f"{KEYS}{key_id}/", {"limits": {"key_tokens_per_month": "5000"}},
+                                        format="json")
+    assert changed.status_code == 200 and changed.json()["limits"] == {"key_tokens_per_month": 5000}
+    assert_error(outsider.client.patch(f"{KEYS}{key_id}/", {"limits": {}}, format="json"), 404, "api_key_not_found")
+    # A policy rule cannot set a key's budget: it lives on the key.
+    from metering.policy_keys import PolicyValueError, validate_value
+
+    with pytest.raises(PolicyValueError):
+        validate_value("key_tokens_per_day", 10)

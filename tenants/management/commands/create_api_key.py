@@ -30,6 +30,9 @@ class Command(GatewayCommand):
         parser.add_argument("--model-classes", type=_codes, default=[], dest="model_classes",
                             help="Comma-separated model class codes (default: all the plan allows).")
         parser.add_argument("--expires-days", type=int, dest="expires_days", help="Expire after this many days.")
+        parser.add_argument("--limit", action="append", default=[], dest="limits", metavar="KEY=VALUE",
+                            help="The key's own budget, e.g. --limit key_tokens_per_day=100000 "
+                                 "--limit key_cost_per_month_usd=25 (repeatable).")
 
     def run(self, **options: Any) -> dict[str, Any]:
         tenant = Tenant.objects.filter(slug=options["tenant"]).first()
@@ -42,17 +45,23 @@ class Command(GatewayCommand):
                 raise CommandError(f"No user '{options['user']}' in tenant {tenant.slug}.")
         if options["expires_days"] is not None and options["expires_days"] <= 0:
             raise CommandError("--expires-days must be a positive number of days.")
+        limits = {}
+        for item in options["limits"]:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise CommandError(f"--limit takes KEY=VALUE, not '{item}'.")
+            limits[name.strip()] = value.strip()
         expires_at = timezone.now() + timedelta(days=options["expires_days"]) if options["expires_days"] else None
         issued = services.api_key_create(
             tenant=tenant, user=user, name=options["name"] or (f"{user.username} key" if user else "service key"),
             allowed_tasks=options["tasks"], allowed_model_classes=options["model_classes"], expires_at=expires_at,
-            source=AuditSource.COMMAND,
+            limits=limits, source=AuditSource.COMMAND,
         )
         key = issued.api_key
         return {
             "id": key.pk, "name": key.name, "prefix": key.prefix, "kind": "service" if key.is_service else "user",
             "user": user.username if user else None, "tenant": tenant.slug, "allowed_tasks": key.allowed_tasks,
-            "allowed_model_classes": key.allowed_model_classes,
+            "allowed_model_classes": key.allowed_model_classes, "limits": key.limits,
             "expires_at": key.expires_at.isoformat() if key.expires_at else None, "key": issued.secret,
         }
 
