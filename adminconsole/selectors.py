@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncHour
@@ -432,9 +433,10 @@ def hourly_by(*, start: datetime, field: str, tenant_id: int | None = None) -> d
     return {(r["hour"], r[field]): _clean(r) for r in data}
 
 
-def hourly_cached(*, now: datetime, field: str, tenant_id: int | None = None,
-                  ttl: int = 10) -> tuple[list[datetime], dict[tuple[datetime, Any], dict]]:
-    """`hourly_by` over the last 48 hours, shared by every console process for `ttl` seconds."""
+def hourly_cached(*, now: datetime, field: str,
+                  tenant_id: int | None = None) -> tuple[list[datetime], dict[tuple[datetime, Any], dict]]:
+    """`hourly_by` over the last 48 hours, shared by every console process for one poll interval."""
+    ttl = max(1, settings.CONSOLE_POLL_SECONDS)
     hours = hour_range(now)
     key = f"console:hourly:{field}:{tenant_id or 'all'}:{int(now.timestamp()) // ttl}"
     cells = cache.get(key)

@@ -11,6 +11,8 @@ CONSOLE_PAGES = [
     "/console/",
     "/console/tenants/",
     "/console/tenants/{slug}/",
+    "/console/providers/",
+    "/console/overrides/",
     "/console/plan-changes/",
     "/console/plans/",
     "/console/quota-requests/",

@@ -128,6 +128,7 @@ def test_tenant_users_and_anonymous_visitors_are_refused(page, live_server, tena
 def test_override_edit_through_the_ui(page, live_server, root, tenant_admin):
     slug = tenant_admin.tenant.slug
     login(page, live_server.url, "root-admin", f"/console/tenants/{slug}/")
+    page.goto(f"{live_server.url}/console/tenants/{slug}/#overrides")  # the editor is folded; the link opens it
     form = page.locator("#override-form")
     form.locator("select[name=key]").select_option("tenant_tokens_per_day")
     form.locator("select[name=task]").select_option("LLM2_DRAFT")
@@ -171,3 +172,47 @@ def test_quota_request_approval_through_the_ui(page, live_server, root, tenant_a
     page.goto(live_server.url + "/console/quota-requests/?status=APPROVED")
     assert "APPROVED" in page.locator(f"#request-{request_id}").inner_text()
     shot(page, "quota-request-approved")
+
+
+def test_live_pages_update_themselves_without_a_reload(page, live_server, root, tenant_admin, settings):
+    """New usage shows up on the overview and the tenant page by polling, with no page load in between."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.metering.test_apis import chat as chat_call
+
+    def chat(persona, **kwargs):
+        # /v1 goes through the ASGI app under async_to_sync, which cannot run in Playwright's loop thread.
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(chat_call, persona, **kwargs).result()
+
+    settings.CONSOLE_POLL_SECONDS = 1
+    slug = tenant_admin.tenant.slug
+    login(page, live_server.url, "root-admin", "/console/")
+    assert page.locator("#kpi-requests").inner_text() == "0"
+    page.evaluate("window.__sameDocument = true")  # a reload would drop this
+    assert chat(tenant_admin).status_code == 200
+    page.wait_for_function("document.querySelector('#kpi-requests').innerText === '1'", timeout=10_000)
+    assert page.evaluate("window.__sameDocument") is True
+    assert page.locator("#provider-health-summary").inner_text().count("offline") >= 1
+    shot(page, "overview-live")
+
+    page.goto(f"{live_server.url}/console/tenants/{slug}/?granularity=hour")
+    charts = page.locator("#tenant-charts")
+    drawn = charts.inner_html()  # this hour already has a bar (the first call): the new call makes it taller
+    stamp = page.locator("#tenant-stamp").inner_text()
+    page.evaluate("window.__sameDocument = true")
+    assert chat(tenant_admin, content="Another draft").status_code == 200
+    page.wait_for_function("document.querySelector('#tenant-stamp').innerText !== " + repr(stamp), timeout=10_000)
+    page.wait_for_function("document.querySelector('#tenant-charts').innerHTML !== " + json.dumps(drawn),
+                           timeout=10_000)
+    assert page.evaluate("window.__sameDocument") is True
+    assert "Tokens per hour, by task" in charts.inner_text()
+    shot(page, "tenant-detail-hourly-live")
+
+    page.goto(f"{live_server.url}/console/?granularity=hour")
+    assert page.locator("svg.bar-chart rect.bar").count() >= 3  # this hour's bar in each of the three charts
+    shot(page, "overview-hourly")
+    page.goto(f"{live_server.url}/console/providers/?window=24h")
+    assert page.locator("#provider-health tr[data-model]").count() >= 1
+    shot(page, "providers-24h")
