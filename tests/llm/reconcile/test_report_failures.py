@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 from llm.reconcile.models import ProviderReconciliation
 from tests.fakes.usage_reports import utc_today
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 def reconcile(provider: str) -> tuple[dict, int]:
