@@ -9,13 +9,15 @@ embedded offline provider answers the valid ones, so each of those is a whole ad
 
 from __future__ import annotations
 
+import json
+
 import hypothesis
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from catalog.models import Task
-from metering.policy_keys import POLICY_KEYS, KeyKind
+from metering.policy_keys import POLICY_KEYS, KeyKind, Subject
 from metering.services import policy_rule_set
 from tests.conftest import Persona
 from tests.fuzz import (
@@ -120,7 +122,8 @@ def fuzz_caller(tenant_admin) -> Persona:
     """The tenant admin with every quota, rate and concurrency limit out of the way, so the examples reach
     validation and the provider instead of a 429 after the first few dozen calls."""
     for key in POLICY_KEYS.values():
-        if key.kind in {KeyKind.QUOTA, KeyKind.RATE, KeyKind.CONCURRENCY}:
+        # An API key's own budget is set on the key, not in a rule (and these calls use no key).
+        if key.kind in {KeyKind.QUOTA, KeyKind.RATE, KeyKind.CONCURRENCY} and key.subject != Subject.KEY:
             value = "1000000" if key.unit == "USD" else 10**12
             policy_rule_set(scope="TENANT", tenant=tenant_admin.tenant, key=key.name, value=value)
     assert Task.objects.filter(code=TASK).exists()
@@ -136,6 +139,75 @@ def test_no_chat_request_reaches_a_5xx_or_leaves_a_hold(fuzz_caller):
         try:
             response = client.generic("POST", URL, data=body, content_type=content_type)
             assert_well_formed(response)
+            assert_no_holds()
+        finally:
+            release_leftover_holds()
+
+    check()
+
+
+# --- the OpenAI request surface (issue 13 §2): tool conversations, structured output, n, unknown fields ---
+
+schema_leaf = st.sampled_from([{"type": "string"}, {"type": "integer"}, {"type": "boolean"},
+                               {"type": "array", "items": {"type": "number"}}, {"enum": ["a", "b"]}, {}])
+schema = st.recursive(schema_leaf, lambda inner: st.fixed_dictionaries(
+    {"type": st.just("object"), "properties": st.dictionaries(st.from_regex(r"[a-z]{1,6}", fullmatch=True), inner,
+                                                               max_size=3)}), max_leaves=6)
+call_ids = st.from_regex(r"call_[a-z0-9]{1,8}", fullmatch=True)
+
+
+@st.composite
+def tool_conversation(draw) -> list[dict]:
+    """A user turn, an assistant turn calling tools (ids drawn, maybe unanswered or answered twice),
+    tool results (some for ids nobody called), and maybe a last user turn."""
+    ids = draw(st.lists(call_ids, min_size=1, max_size=3, unique=True))
+    calls = [{"id": i, "type": "function", "function": {"name": draw(st.from_regex(r"[a-z_]{1,10}", fullmatch=True)),
+                                                         "arguments": draw(st.sampled_from(["{}", '{"x": 1}', "", "{"]))}}
+             for i in ids]
+    answered = draw(st.lists(st.one_of(st.sampled_from(ids), call_ids), max_size=3))
+    messages = [{"role": "user", "content": draw(short_text)},
+                {"role": "assistant", "content": draw(st.one_of(st.none(), short_text)), "tool_calls": calls}]
+    messages += [{"role": "tool", "tool_call_id": i, "content": draw(st.one_of(short_text, st.lists(text_part,
+                                                                                                    max_size=2)))}
+                 for i in answered]
+    if draw(st.booleans()):
+        messages.append({"role": "user", "content": draw(st.lists(st.one_of(text_part, image_part), min_size=1,
+                                                                  max_size=2))})
+    return messages
+
+
+surface_bodies = st.fixed_dictionaries(
+    {"model": st.sampled_from(MODELS), "messages": tool_conversation()},
+    optional={
+        "tools": st.lists(tool, max_size=2),
+        "tool_choice": st.one_of(st.sampled_from(["auto", "none", "required"]),
+                                 st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
+                                     {"name": st.from_regex(r"[a-zA-Z_]{1,20}", fullmatch=True)})})),
+        "parallel_tool_calls": st.booleans(),
+        "response_format": st.fixed_dictionaries({"type": st.just("json_schema"), "json_schema": st.fixed_dictionaries(
+            {"name": st.from_regex(r"[a-z_]{1,12}", fullmatch=True), "schema": schema},
+            optional={"strict": st.booleans()})}),
+        "n": st.integers(0, 10), "stream": st.booleans(), "max_tokens": st.integers(1, 200),
+        "logprobs": st.booleans(), "top_logprobs": st.integers(-1, 25), "user": short_text,
+        "stop": st.one_of(short_text, st.lists(short_text, max_size=5)),
+        "seed": st.integers(-2**64, 2**64),
+        "x_unknown": json_values,  # not an OpenAI field: always a 400
+    },
+)
+
+
+def test_no_tool_conversation_or_structured_request_reaches_a_5xx_or_leaves_a_hold(fuzz_caller):
+    client = fuzz_caller.client
+
+    @hypothesis.settings(FUZZ, max_examples=100)
+    @given(body=surface_bodies)
+    def check(body: dict):
+        try:
+            # ensure_ascii: a lone surrogate travels as its JSON escape, as a client would send it
+            response = client.generic("POST", URL, data=json.dumps(body), content_type="application/json")
+            assert_well_formed(response)
+            if "x_unknown" in body:  # refused (for its name, or for text no store can hold), never run
+                assert response.status_code == 400, response.status_code
             assert_no_holds()
         finally:
             release_leftover_holds()
