@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
+import httpx
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -104,7 +105,7 @@ def _validate(provider: str, day_from: date, day_to: date) -> None:
 
 
 def provider_usage_reconcile(*, provider: str, day_from: date, day_to: date,
-                             transport=None) -> ProviderReconciliation:
+                             transport: httpx.BaseTransport | None = None) -> ProviderReconciliation:
     """Fetch the provider's report for the UTC days day_from..day_to, compare it per day and model
     with the daily rollup, record the run, and alert super admins if a figure drifted.
     A report that cannot be read is recorded as a FAILED run (its message scrubbed) and returned.
@@ -133,7 +134,7 @@ def provider_usage_reconcile(*, provider: str, day_from: date, day_to: date,
 
 @transaction.atomic
 def _record(*, provider: str, day_from: date, day_to: date, report: clients.Report, thresholds: Thresholds,
-            started) -> ProviderReconciliation:
+            started: datetime) -> ProviderReconciliation:
     known = provider_model_names(provider)
     theirs: dict[tuple[date, str], dict] = {}
     for usage in report.rows.values():
