@@ -484,16 +484,8 @@ class ModelHealthRow:
         return self._percentile(0.95)
 
 
-def provider_health(*, now: datetime, window: str = "1h") -> dict[str, Any]:
-    """Per provider model over the window: provider calls (every attempt, failed ones included), errors,
-    error rate, p50/p95 latency of the successful calls, fallbacks (failed attempts the router moved on
-    from to another candidate), and the breaker state in the shared cache now.
-
-    Reads an indexed ledger range (usagelog_time), newest first and capped at HEALTH_MAX_ROWS calls: a
-    health panel wants the recent picture, not the whole day of a busy gateway."""
-    from catalog.selectors import provider_models_active
-    from llm import router
-
+def _health_stats(*, now: datetime, window: str) -> tuple[dict[tuple[str, str], ModelHealthRow], int]:
+    """The window's ledger numbers per provider model (see provider_health)."""
     since = now - HEALTH_WINDOWS[window]
     rows = list(
         UsageLog.objects.filter(admitted_at__gte=since).exclude(status=UsageLog.Status.REFUSED)
@@ -526,18 +518,46 @@ def provider_health(*, now: datetime, window: str = "1h") -> dict[str, Any]:
             entry.latencies.append(max(0, latency_ms - sum(int(a.get("latency_ms") or 0) for a in failed)))
     models = provider_models_active()
     shared = router.shared_snapshot(models)
+    return stats, len(rows)
+
+
+def provider_health(*, now: datetime, window: str = "1h") -> dict[str, Any]:
+    """Per provider model over the window: provider calls (every attempt, failed ones included), errors,
+    error rate, p50/p95 latency of the successful calls, fallbacks (failed attempts the router moved on
+    from to another candidate), and the breaker state in the shared cache now.
+
+    Reads an indexed ledger range (usagelog_time), newest first and capped at HEALTH_MAX_ROWS calls: a
+    health panel wants the recent picture, not the whole day of a busy gateway."""
+    from catalog.selectors import provider_models_active
+    from llm import router
+
+    # The ledger part is shared by every console process for one poll interval; the breaker state is read fresh.
+    ttl = max(1, settings.CONSOLE_POLL_SECONDS)
+    key = f"console:health:{window}:{int(now.timestamp()) // ttl}"
+    cached = cache.get(key)
+    if cached is None:
+        cached = _health_stats(now=now, window=window)
+        cache.set(key, cached, ttl * 2)
+    stats, calls_read = cached
+    since = now - HEALTH_WINDOWS[window]
+
+    def row_for(provider: str, model: str) -> ModelHealthRow:
+        if (provider, model) not in stats:
+            stats[(provider, model)] = ModelHealthRow(provider=provider, model_name=model, latencies=[])
+        return stats[(provider, model)]
+
     clock = time.time()
     for info in models:
         entry = row_for(info.provider, info.model_name)
         state = shared[(info.provider, info.model_name)].breaker(clock)
         entry.breaker, entry.breaker_failures = state.state, state.failures
     active = {(m.provider, m.model_name) for m in models}
-    for key, entry in stats.items():
-        entry.active = key in active
+    for ident, entry in stats.items():
+        entry.active = ident in active
     ordered = sorted(stats.values(), key=lambda r: ({"open": 0, "half_open": 1}.get(r.breaker, 2), -r.error_rate,
                                                      r.provider, r.model_name))
-    return {"rows": ordered, "window": window, "since": since, "calls_read": len(rows),
-            "capped": len(rows) >= HEALTH_MAX_ROWS}
+    return {"rows": ordered, "window": window, "since": since, "calls_read": calls_read,
+            "capped": calls_read >= HEALTH_MAX_ROWS}
 
 
 # ------------------------------------------------------------------------------------------ overrides

@@ -15,8 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from gateway_project.pagination import PageNumberPagination
-from gateway_project.pagination import paginated
+from gateway_project.pagination import PageNumberPagination, paginated
 from metering import selectors
 from metering import serializers as shapes
 from metering.models import UsageLog
@@ -65,6 +64,8 @@ class UsageApi(APIView):
 class UsageLogSerializer(serializers.ModelSerializer):
     task = serializers.CharField(source="task.code")
     user = serializers.CharField(source="user.username", default=None)
+    api_key = serializers.CharField(source="api_key.prefix", default=None,
+                                    help_text="The API key the call was made with (its public prefix); null: a JWT.")
     attempts = serializers.SerializerMethodField()
 
     class Meta:
@@ -127,7 +128,7 @@ class UsageLogsApi(APIView):
     def get(self, request: Request) -> Response:
         _, rows = _filtered_logs(request, bounded=False)
         paginator = PageNumberPagination()
-        page = paginator.paginate_queryset(rows.select_related("task", "user").order_by("-admitted_at", "-id"),
+        page = paginator.paginate_queryset(rows.select_related("task", "user", "api_key").order_by("-admitted_at", "-id"),
                                            request, view=self)
         return paginator.get_paginated_response(UsageLogSerializer(page, many=True).data)
 

@@ -62,7 +62,8 @@ def test_a_plain_user_rule_is_enforced_until_switched_off(su_client, tenant_admi
     assert rule.is_active is False
     assert 111 not in user_limit(member, "max_tokens_out")
     page = response.content.decode()
-    assert f'<tr id="rule-{rule.pk}" class="inactive">' in page and '<span class="pill inactive">inactive</span>' in page
+    assert f'<tr id="rule-{rule.pk}" class="inactive">' in page
+    assert '<span class="pill inactive">inactive</span>' in page
     event = AuditEvent.objects.get(action="policy_rule.deactivate", object_id=str(rule.pk))
     assert (event.before, event.after, event.source) == ({"is_active": True}, {"is_active": False}, "CONSOLE")
 
