@@ -3,10 +3,10 @@ the passage and a short rationale, and the elements no reference covers -- the t
 or examiner reads first.
 
 Elements come from the claims when given (each claim split at its transition word and at `;`), else
-from the disclosure's sentences (features). Disclosure is judged by lexical overlap of an element's
-content words with a reference's title and abstract: deterministic, so the embedded default (offline
-provider) shows the same chart for the same answer; an element is disclosed by a reference sharing at
-least DISCLOSED_SHARE of its key terms.
+from the features the LLM extracted from the disclosure (else its sentences). Disclosure is judged by
+lexical overlap of an element's content words with a reference's title and abstract: deterministic,
+so the embedded default (offline provider) shows the same chart for the same answer; an element is
+disclosed by a reference sharing at least DISCLOSED_SHARE of its key terms.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def _letters(index: int) -> str:
     return chr(ord("a") + index) if index < 26 else f"z{index}"
 
 
-def claim_elements(claims: str, description: str) -> dict[str, Any]:
-    """{"basis": "claims" | "description", "elements": [{"id", "claim", "text"}]}."""
+def claim_elements(claims: str, description: str, *, features: list[str] | None = None) -> dict[str, Any]:
+    """{"basis": "claims" | "features" | "description", "elements": [{"id", "claim", "text"}]}."""
     elements: list[dict[str, Any]] = []
     if claims.strip():
         for number, body in _claims(claims):
@@ -57,6 +57,9 @@ def claim_elements(claims: str, description: str) -> dict[str, Any]:
             for index, part in enumerate(parts):
                 elements.append({"id": f"{number}{_letters(index)}", "claim": number, "text": part})
         return {"basis": "claims", "elements": elements[:MAX_ELEMENTS]}
+    if features:
+        return {"basis": "features", "elements": [{"id": f"F{i}", "claim": None, "text": f}
+                                                  for i, f in enumerate(features[:MAX_FEATURES], 1)]}
     sentences = [" ".join(s.split()).strip() for s in _SENTENCE.split(description)]
     features = [s for s in sentences if len(set(terms(s))) >= 2][:MAX_FEATURES]
     return {"basis": "description",

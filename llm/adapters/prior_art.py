@@ -63,6 +63,11 @@ QUERIES_SYSTEM = (
     f"{MAX_QUERIES} short keyword queries (3 to 6 distinctive technical words each, no boolean operators), "
     "and nothing else.\noffline-template: prior_art_queries"
 )
+FEATURES_SYSTEM = (
+    "You are a patent attorney. List the key technical features of the invention below, the elements a "
+    "claim chart would compare against prior art: a JSON array of 2 to 8 short phrases (each one feature, "
+    "at most 25 words), and nothing else.\noffline-template: prior_art_features"
+)
 RERANK_SYSTEM = (
     "You are a patent examiner. Rank the candidate documents by how relevant they are as prior art for "
     "the invention. Answer with JSON only, in this shape: "
@@ -146,6 +151,17 @@ def parse_queries(text: str) -> list[str]:
     return []
 
 
+def parse_features(text: str) -> list[str]:
+    for value in _json_candidates(text):
+        if isinstance(value, dict):
+            value = value.get("features")
+        if isinstance(value, list):
+            out = [" ".join(v.split())[:300] for v in value if isinstance(v, str) and terms(v)]
+            if out:
+                return list(dict.fromkeys(out))[:12]
+    return []
+
+
 def fallback_queries(description: str) -> list[str]:
     words = key_terms(description, limit=8)
     groups = [words[0:4], words[4:8]]
@@ -208,7 +224,7 @@ class PriorArtAdapter(TaskAdapter):
     model_classes = ("BASE_S", "BASE_M")
     policy_keys = ("max_tokens_in", "max_tokens_out", "max_api_calls", "retrieval_top_k")
     steps_key = None
-    fixed_steps = 2  # query generation + re-rank (the claim chart needs no LLM step)
+    fixed_steps = 3  # query generation + re-rank + (without claims) the disclosure's features
 
     def parse(self, payload: Any) -> PriorArtInput:
         if not isinstance(payload, dict):
@@ -302,8 +318,9 @@ class PriorArtAdapter(TaskAdapter):
         if not candidates:
             run.notes.append("No candidates were found; nothing to re-rank.")
 
-        # 4. Claim chart over the references kept.
-        elements = claim_elements(parsed.claims, parsed.description or parsed.text)
+        # 4. Claim chart over the references kept: the claims' elements, else the LLM's features.
+        features = [] if parsed.claims else await self._features(run, parsed)
+        elements = claim_elements(parsed.claims, parsed.description or parsed.text, features=features)
         chart = claim_chart(elements, items)
         for item in items:
             item.pop("_text", None)
@@ -311,6 +328,25 @@ class PriorArtAdapter(TaskAdapter):
         return {"items": items, "claim_chart": chart, "queries": queries, "sources": sources,
                 "searches": [r.public() for r in records],
                 "cached_hits": sum(1 for i in items if i["cached"])}
+
+    async def _features(self, run: AdapterRun, parsed: PriorArtInput) -> list[str]:
+        try:
+            answer = await run.llm([{"role": "system", "content": FEATURES_SYSTEM},
+                                    {"role": "user", "content": f"Invention:\n<<<\n{parsed.text}\n>>>"}],
+                                   step="features", max_tokens=400)
+        except BudgetExhausted as stop:
+            run.notes.append(f"No API call left to extract the disclosure's features ({stop.key} = {stop.limit}); "
+                             "the claim chart uses its sentences instead.")
+            return []
+        except calls.AllCandidatesFailed as failure:
+            run.notes.append(f"The feature extraction failed ({failure}); the claim chart uses the disclosure's "
+                             "sentences instead.")
+            return []
+        found = parse_features(answer)
+        if not found:
+            run.notes.append("The model's feature list was unusable; the claim chart uses the disclosure's "
+                             "sentences instead.")
+        return found
 
     # ---- searching ----------------------------------------------------------------------------------
 

@@ -164,7 +164,8 @@ class EpoOpsFake(SearchFake):
         if quota:
             refusal = RawBody(b"<fault><code>CLIENT.RobotDetected</code><message>Fair use quota exceeded</message>"
                               b"</fault>")
-            return 403, refusal, {**self.headers(), "X-Rejection-Reason": "IndividualQuotaPerHour", "Retry-After": "120"}
+            rejection = {"X-Rejection-Reason": "IndividualQuotaPerHour", "Retry-After": "120"}
+            return 403, refusal, {**self.headers(), **rejection}
         cql = parse_cql(request.params.get("q", ""))
         range_ = re.fullmatch(r"(\d+)-(\d+)", request.params.get("Range", "1-25"))
         if not cql["ta"] or not range_ or int(range_[2]) - int(range_[1]) >= 100:

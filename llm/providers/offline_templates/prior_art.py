@@ -56,3 +56,14 @@ def rerank(messages: list[dict[str, Any]]) -> str:
                      if shared else "Little overlap with the invention's key terms.")
         scored.append((-score, order, {"id": match.group(1), "score": score, "rationale": rationale}))
     return json.dumps({"ranking": [entry for _, _, entry in sorted(scored)]})
+
+
+_CLAUSE = re.compile(r"(?<=[.!?;])\s+")
+
+
+@register("prior_art_features")
+def features(messages: list[dict[str, Any]]) -> str:
+    """The disclosure's key features: its sentences (and ;-clauses) that carry two or more content words."""
+    description = _description(_user_text(messages))
+    out = [" ".join(c.split()).strip(" .;") for c in _CLAUSE.split(description)]
+    return json.dumps([c for c in out if len(set(terms(c))) >= 2][:8])

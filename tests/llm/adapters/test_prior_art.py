@@ -63,9 +63,12 @@ def assert_ledger_matches(body, fakes):
     """Ledger api_calls = LLM calls + search requests that reached the services; tokens as reported."""
     log = UsageLog.objects.get()
     usage = body["usage"]
-    assert usage["llm_steps"] == 2
+    # queries + re-rank, + the features step when it ran (no claims, and an API call left for it)
+    steps = 2 + int(body["result"]["claim_chart"]["basis"] == "features"
+                    or any("feature list was unusable" in n for n in body["notes"]))
+    assert usage["llm_steps"] == steps
     assert usage["external_calls"] == sent(fakes)
-    assert log.api_calls == usage["api_calls"] == sent(fakes) + 2
+    assert log.api_calls == usage["api_calls"] == sent(fakes) + steps
     assert (log.tokens_in, log.tokens_out, log.cost_micro_usd) == (
         usage["tokens_in"], usage["tokens_out"], usage["cost_micro_usd"])
     assert log.tokens_in > 0 and log.tokens_out > 0
@@ -142,7 +145,7 @@ def test_a_repeat_within_the_ttl_is_served_from_cache_without_requests_or_fees(t
     again = post(tenant_admin, {"description": DESCRIPTION}).json()
     assert sent(fakes) == requests_first  # nothing went out
     assert again["usage"]["external_calls"] == 0 and again["usage"]["search_fees_micro_usd"] == 0
-    assert again["usage"]["api_calls"] == 2  # the two LLM steps only
+    assert again["usage"]["api_calls"] == 3  # the three LLM steps only
     assert {s["status"] for s in again["result"]["searches"]} == {"cached"}
     assert again["result"]["items"] and all(i["cached"] for i in again["result"]["items"])
     assert again["result"]["cached_hits"] == len(again["result"]["items"])
@@ -150,7 +153,7 @@ def test_a_repeat_within_the_ttl_is_served_from_cache_without_requests_or_fees(t
     log_again = UsageLog.objects.order_by("-id").first()
     # Same prompts, same tokens: the first call's cost was exactly this one's plus its search fees.
     assert log_first.cost_micro_usd == log_again.cost_micro_usd + first["usage"]["search_fees_micro_usd"]
-    assert log_again.api_calls == 2
+    assert log_again.api_calls == 3
 
     # The answers are public bibliographic data: another tenant's identical search reuses them too, and
     # is charged on its own ledger row only.
@@ -183,7 +186,7 @@ def test_the_ledger_cost_is_tokens_plus_priced_requests(tenant_admin, fakes, set
     assert priced["usage"]["search_fees_micro_usd"] == fees
     logs = list(UsageLog.objects.order_by("id"))
     assert logs[1].cost_micro_usd == logs[0].cost_micro_usd + fees == priced["usage"]["cost_micro_usd"]
-    assert logs[1].api_calls == sent(fakes) + 2
+    assert logs[1].api_calls == sent(fakes) + 3
     # The cost hold covered max_api_calls requests at the dearest price: nothing was left reserved.
     meter = UsageMeter.objects.filter(tenant=tenant_admin.tenant, metric=Metric.COST).first()
     assert meter is None or meter.reserved == 0
@@ -230,12 +233,24 @@ def test_claim_chart_maps_each_element_to_references_and_lists_the_uncovered(ten
     assert all("_text" not in i for i in items.values())
 
 
-def test_without_claims_the_chart_uses_the_disclosures_features(tenant_admin, fakes):
+def test_without_claims_the_chart_uses_the_features_the_llm_extracted(tenant_admin, fakes, monkeypatch):
     chart = post(tenant_admin, {"description": DESCRIPTION}).json()["result"]["claim_chart"]
-    assert chart["basis"] == "description"
+    assert chart["basis"] == "features"
     assert [e["id"] for e in chart["elements"]] == ["F1", "F2"]
     assert chart["elements"][0]["text"].startswith("A self-closing door hinge")
     assert all(e["covered"] for e in chart["elements"]) and chart["uncovered"] == []
+
+    offline_templates._load()
+    monkeypatch.setitem(offline_templates.TEMPLATES, "prior_art_features",
+                        lambda messages: '["a magnetorheological damper", "a solar roof tile"]')
+    body = post(tenant_admin, {"description": DESCRIPTION}).json()
+    chart = body["result"]["claim_chart"]
+    assert [e["text"] for e in chart["elements"]] == ["a magnetorheological damper", "a solar roof tile"]
+    assert chart["uncovered"] == ["F2"]
+    monkeypatch.setitem(offline_templates.TEMPLATES, "prior_art_features", lambda messages: "no idea")
+    body = post(tenant_admin, {"description": DESCRIPTION}).json()
+    assert body["result"]["claim_chart"]["basis"] == "description"
+    assert any("feature list was unusable" in n for n in body["notes"])
 
 
 def test_stopping_at_max_api_calls_returns_partial_items_with_a_note(tenant_admin, fakes):
@@ -249,6 +264,7 @@ def test_stopping_at_max_api_calls_returns_partial_items_with_a_note(tenant_admi
     assert statuses.count("ok") == 2 and statuses.count("skipped") == len(statuses) - 2
     assert body["result"]["items"], "the searches that ran produced candidates"
     assert any("max_api_calls = 4" in note for note in body["notes"])
+    assert any("No API call left to extract the disclosure's features" in n for n in body["notes"])
     log = assert_ledger_matches(body, fakes)
     assert log.api_calls == 4
 
@@ -444,7 +460,7 @@ def test_streaming_sends_progress_events_then_the_result(tenant_admin, fakes):
     assert names[-1] == "result" and set(names[:-1]) == {"progress"}
     progress = [json.loads(b.split("\n")[1].removeprefix("data: ")) for b in blocks[:-1]]
     kinds = [p["event"] for p in progress]
-    assert [p["step"] for p in progress if p["event"] == "step"] == ["queries", "rerank"]
+    assert [p["step"] for p in progress if p["event"] == "step"] == ["queries", "rerank", "features"]
     assert kinds.index("queries") < kinds.index("api_call") and kinds[-1] == "step"
     assert kinds.count("api_call") == sent(fakes) == kinds.count("search") + fakes[2].tokens_issued
     result = json.loads(blocks[-1].split("\n")[1].removeprefix("data: "))
