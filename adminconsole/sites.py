@@ -4,15 +4,28 @@ Installed as the default `admin.site` through adminconsole.admin_app.GatewayAdmi
 
 from __future__ import annotations
 
+from functools import update_wrapper
+
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 
 from adminconsole import otp, sso
+from tenants.audit import AuditSource, audit_context
 
 
 class GatewayAdminSite(admin.AdminSite):
     login_form = otp.StaffLoginForm
     login_template = "adminconsole/login.html"
+
+    def admin_view(self, view, cacheable=False):
+        """Every admin page runs inside audit_context(actor=the staff user, source=ADMIN): the services
+        the admins call to save, delete or act record who did it (tenants.audit)."""
+
+        def audited(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+            with audit_context(actor=request.user, source=AuditSource.ADMIN):
+                return view(request, *args, **kwargs)
+
+        return super().admin_view(update_wrapper(audited, view), cacheable)
 
     def has_permission(self, request: HttpRequest) -> bool:
         return otp.staff_session_ok(request)

@@ -1,6 +1,7 @@
 """Django Admin for what is sold: model classes, features, tasks, plans and provider models.
 
-metering/admin.py re-registers the Plan admin with a PolicyRule inline (rules live above the catalog).
+One admin per model. metering/admin.py adds a PolicyRule inline to the Plan admin (rules live above
+the catalog). Every edit is audited through catalog.changes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from catalog.models import (
     SearchSourcePrice,
     Task,
 )
+from catalog.changes import catalog_change_record, catalog_row_snapshot
 from catalog.selectors import catalog_cache_invalidate
 
 
@@ -29,10 +31,20 @@ def _catalog_cache_invalidate() -> None:
 
 
 class CatalogCacheAdminMixin:
-    """Every write through the admin (forms, inlines, list_editable, deletes) drops the cached catalog on commit."""
+    """Every write through the admin (forms, inlines, list_editable, deletes) drops the cached catalog on
+    commit and is reported to the audit log (through catalog.changes: the catalog may not import it)
+    as `<object_type>.create|update|delete`, with the fields it changed."""
+
+    def _object_type(self) -> str:
+        return self.model._meta.model_name
 
     def save_model(self, request, obj, form, change):
+        stored = type(obj)._default_manager.filter(pk=obj.pk).first() if change else None
+        before = catalog_row_snapshot(stored) if stored is not None else None
         super().save_model(request, obj, form, change)
+        catalog_change_record(action=f"{self._object_type()}.{'update' if before is not None else 'create'}",
+                              object_type=self._object_type(), object_id=obj.pk, before=before,
+                              after=catalog_row_snapshot(obj))
         transaction.on_commit(_catalog_cache_invalidate)
 
     def save_related(self, request, form, formsets, change):
@@ -40,12 +52,27 @@ class CatalogCacheAdminMixin:
         transaction.on_commit(_catalog_cache_invalidate)
 
     def delete_model(self, request, obj):
+        pk, before = obj.pk, catalog_row_snapshot(obj)
         super().delete_model(request, obj)
+        catalog_change_record(action=f"{self._object_type()}.delete", object_type=self._object_type(),
+                              object_id=pk, before=before, after=None)
         transaction.on_commit(_catalog_cache_invalidate)
 
     def delete_queryset(self, request, queryset):
+        gone = [(obj.pk, catalog_row_snapshot(obj)) for obj in queryset]
         super().delete_queryset(request, queryset)
+        for pk, before in gone:
+            catalog_change_record(action=f"{self._object_type()}.delete", object_type=self._object_type(),
+                                  object_id=pk, before=before, after=None)
         transaction.on_commit(_catalog_cache_invalidate)
+
+
+def plan_access_snapshot(plan: Plan) -> dict:
+    """A plan's features and, per task, its model classes (what the plan's inlines edit)."""
+    access = {a.task.code: sorted(mc.code for mc in a.model_classes.all())
+              for a in PlanLLMAccess.objects.filter(plan=plan).select_related("task").prefetch_related("model_classes")}
+    return {"features": sorted(PlanFeature.objects.filter(plan=plan).values_list("feature__code", flat=True)),
+            "access": {code: access[code] for code in sorted(access) if access[code]}}
 
 
 def format_micro_usd_per_mtok(value: int | None) -> str:
@@ -138,12 +165,23 @@ class PlanAdmin(CatalogCacheAdminMixin, admin.ModelAdmin):
     list_display = ["code", "name", "is_active", "feature_codes", "task_access"]
     list_filter = ["is_active"]
     search_fields = ["code", "name"]
+    # The only admin of Plan. metering/admin.py adds the plan's policy-rule inline to `inlines` (rules
+    # live above the catalog); nothing re-registers this admin.
     inlines = [PlanFeatureInline, PlanLLMAccessInline]
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related(
             "features", "llm_access__task", "llm_access__model_classes"
         )
+
+    def save_related(self, request, form, formsets, change):
+        # The features and task access inlines: one plan.access_update event with what changed.
+        before = plan_access_snapshot(form.instance) if change else None
+        super().save_related(request, form, formsets, change)
+        after = plan_access_snapshot(form.instance)
+        if before != after and (before is not None or after["features"] or after["access"]):
+            catalog_change_record(action="plan.access_update", object_type="plan", object_id=form.instance.pk,
+                                  before=before, after=after)
 
     @admin.display(description="features")
     def feature_codes(self, obj: Plan) -> str:

@@ -18,6 +18,7 @@ from catalog.models import ProviderModel
 from llm.crypto import CredentialDecryptionError, reencrypt
 from llm.models import ProviderCredential
 from llm.providers.registry import ENV_SETTINGS, KEYLESS_PROVIDERS, provider_credentials_invalidate
+from tenants.audit import audit_record, changed_fields
 
 
 def provider_credentials_invalidate_on_commit() -> None:
@@ -101,16 +102,38 @@ class ProviderCredentialAdmin(admin.ModelAdmin):
             return f"no: {overriding} in the environment takes precedence"
         return "yes"
 
+    # Audited here (the admin site's audit_context names the staff user): never the key itself, only
+    # its last characters' hint, so a replaced key shows as a changed hint.
+    @staticmethod
+    def _audit_snapshot(obj: ProviderCredential) -> dict:
+        return {"provider": obj.provider, "label": obj.label, "base_url": obj.base_url, "is_active": obj.is_active,
+                "key": obj.key_hint if obj.has_key else ""}
+
     def save_model(self, request, obj, form, change):
+        stored = ProviderCredential.objects.filter(pk=obj.pk).first() if change else None
+        before = self._audit_snapshot(stored) if stored is not None else None
         super().save_model(request, obj, form, change)
+        after = self._audit_snapshot(obj)
+        if before is not None:
+            before, after = changed_fields(before, after)
+        if before is None or after:
+            audit_record(action=f"provider_credential.{'update' if change else 'create'}",
+                         object_type="provider_credential", object_id=obj.pk, before=before, after=after)
         provider_credentials_invalidate_on_commit()
 
     def delete_model(self, request, obj):
+        pk, before = obj.pk, self._audit_snapshot(obj)
         super().delete_model(request, obj)
+        audit_record(action="provider_credential.delete", object_type="provider_credential", object_id=pk,
+                     before=before)
         provider_credentials_invalidate_on_commit()
 
     def delete_queryset(self, request, queryset):
+        gone = [(obj.pk, self._audit_snapshot(obj)) for obj in queryset]
         super().delete_queryset(request, queryset)
+        for pk, before in gone:
+            audit_record(action="provider_credential.delete", object_type="provider_credential", object_id=pk,
+                         before=before)
         provider_credentials_invalidate_on_commit()
 
     @admin.action(description="Re-encrypt with the newest key (after adding a key to CREDENTIALS_ENCRYPTION_KEY)")

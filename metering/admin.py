@@ -1,49 +1,45 @@
 """Django Admin for enforcement and accounting: policy rules, meters, reservations, the ledger, alerts.
 
-Policy rules are validated against the typed key registry (`metering.policy_keys`) with its own
-helpful messages. Rules live above plans, tenants and users, so this module re-registers the Plan,
-Tenant and User admins with their rule inlines. Ledger, meter and alert rows are read-only.
+Policy rules are validated by `PolicyRule.clean()` (the typed key registry's messages, at their
+fields) and saved, switched off and deleted only through the policy-rule service
+(metering/services/policy_rules.py), which audits and drops the cached policy: the change form, the
+rule inlines and the delete pages all call it. Rules live above plans, tenants and users, so their
+inlines are added here to the owning admins (catalog's Plan admin, tenants' Tenant and User admins)
+-- the one hook by which a higher app shows its rows on a lower app's page; no admin is registered
+twice. Ledger and meter rows are read-only.
 """
 
 from __future__ import annotations
 
 import json
-import zoneinfo
 from typing import Any
 
 from django import forms
 from django.apps import apps
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.forms.models import BaseInlineFormSet
 from django.utils import timezone
 from django.utils.html import format_html
 
-from catalog.admin import PlanAdmin as CatalogPlanAdmin
-from catalog.models import Plan
+from catalog.admin import PlanAdmin
 from metering.models import (
     AlertChannel,
     AlertDelivery,
     Notification,
     PolicyRule,
     QuotaAlert,
+    UsageDaily,
     UsageDigest,
     UsageHold,
     UsageLog,
     UsageMeter,
     UsageReservation,
 )
-from metering.policy import policy_cache_invalidate
-from metering.policy_keys import POLICY_KEYS, KeyKind, PolicyValueError, ValueType, get_key, validate_value
+from metering.policy_keys import POLICY_KEYS, KeyKind, ValueType
+from metering.services import policy_rule_activate, policy_rule_deactivate, policy_rule_delete, policy_rule_save
 from metering.services import reservation_release
-from tenants.admin import TenantAdmin as TenantsTenantAdmin
-from tenants.admin import UserAdmin as TenantsUserAdmin
-from tenants.admin import invalidate_identity_on_commit
-from tenants.models import Tenant, User
-
-
-def policy_cache_invalidate_on_commit() -> None:
-    transaction.on_commit(policy_cache_invalidate)
+from tenants.admin import TenantAdmin, UserAdmin
 
 
 def format_micro_usd(value: int | None) -> str:
@@ -108,7 +104,7 @@ def parse_policy_value(raw: str) -> Any:
 
 
 class RegistryKeyField(forms.ChoiceField):
-    """A dropdown of the registry; an unknown key is left to `clean_key` and the registry's own message."""
+    """A dropdown of the registry; an unknown key is left to PolicyRule.clean() and the registry's message."""
 
     def validate(self, value):
         forms.Field.validate(self, value)
@@ -144,74 +140,14 @@ class PolicyRuleForm(forms.ModelForm):
         if self.instance.pk is not None:
             self.initial["value"] = format_policy_value("", self.instance.value)
 
-    def clean_key(self) -> str:
-        name = self.cleaned_data["key"]
-        try:
-            get_key(name)
-        except PolicyValueError as exc:
-            raise ValidationError(str(exc)) from None
-        return name
-
-    def clean_when_quota_key(self) -> str:
-        name = self.cleaned_data.get("when_quota_key") or ""
-        if name:
-            try:
-                get_key(name)
-            except PolicyValueError as exc:
-                raise ValidationError(str(exc)) from None
-        return name
-
     def clean(self):
+        # The row's rules are PolicyRule.clean() (run by the form's model validation, errors at their
+        # fields); here only the text typed into "value" becomes a value for it.
         cleaned = super().clean()
-        key, raw = cleaned.get("key"), cleaned.get("value")
-        if key and raw is not None:
-            try:
-                cleaned["value"] = validate_value(key, parse_policy_value(raw))
-            except PolicyValueError as exc:
-                self.add_error("value", str(exc))
-        if "scope" in self.fields:
-            self._check_scope_subject(cleaned)
-        self._check_window_and_condition(cleaned)
+        if isinstance(cleaned.get("value"), str):
+            cleaned["value"] = parse_policy_value(cleaned["value"])
+        cleaned["when_quota_key"] = cleaned.get("when_quota_key") or ""
         return cleaned
-
-    def _field_value(self, cleaned: dict, name: str) -> Any:
-        return cleaned.get(name) if name in self.fields else getattr(self.instance, name)
-
-    def _check_scope_subject(self, cleaned: dict) -> None:
-        scope = cleaned.get("scope")
-        if not scope:
-            return
-        needed = {"PLAN": "plan", "TENANT": "tenant", "USER": "user"}.get(scope)
-        for field in ("plan", "tenant", "user"):
-            if field not in self.fields:
-                continue
-            if field == needed and not cleaned.get(field):
-                self.add_error(field, f"A {scope} rule needs a {field}.")
-            elif field != needed and cleaned.get(field):
-                self.add_error(field, f"A {scope} rule names no {field}: clear this field or change the scope.")
-
-    def _check_window_and_condition(self, cleaned: dict) -> None:
-        tz = self._field_value(cleaned, "timezone")
-        if "timezone" in self.fields and tz:
-            try:
-                zoneinfo.ZoneInfo(tz)
-            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-                self.add_error("timezone", f"Unknown time zone '{tz}'. Use an IANA name such as Europe/Berlin.")
-        start, end = self._field_value(cleaned, "start_time"), self._field_value(cleaned, "end_time")
-        if start and end and start == end:
-            self.add_error("end_time", "The window is empty: start and end are the same time.")
-        when_key = self._field_value(cleaned, "when_quota_key")
-        percent = self._field_value(cleaned, "when_usage_percent_gte")
-        if when_key and percent is None:
-            self.add_error("when_usage_percent_gte", "Say at which % of that quota the rule starts to apply.")
-        if percent is not None and not when_key:
-            self.add_error("when_quota_key", "Pick the quota whose usage % switches the rule on.")
-
-    def save(self, commit=True):
-        # An operator's edit: a re-seed must never overwrite it.
-        if self.instance.pk is not None and self.has_changed():
-            self.instance.seeded = False
-        return super().save(commit=commit)
 
 
 class PolicyRuleAdminForm(PolicyRuleForm):
@@ -313,19 +249,33 @@ class PolicyRuleAdmin(admin.ModelAdmin):
     def condition(self, obj: PolicyRule) -> str:
         return _condition(obj)
 
+    actions = ["deactivate_rules", "activate_rules"]
+
+    # The admin site runs every view inside audit_context(actor=the staff user, source=ADMIN), so the
+    # service records who made the change.
     def save_model(self, request, obj, form, change):
-        if change:
-            obj.seeded = False
-        super().save_model(request, obj, form, change)
-        policy_cache_invalidate_on_commit()
+        policy_rule_save(rule=obj)
 
     def delete_model(self, request, obj):
-        super().delete_model(request, obj)
-        policy_cache_invalidate_on_commit()
+        policy_rule_delete(rule_id=obj.pk)
 
     def delete_queryset(self, request, queryset):
-        super().delete_queryset(request, queryset)
-        policy_cache_invalidate_on_commit()
+        for rule_id in queryset.order_by("pk").values_list("pk", flat=True):
+            policy_rule_delete(rule_id=rule_id)
+
+    @admin.action(description="Deactivate selected rules (kept, no longer enforced)", permissions=["change"])
+    def deactivate_rules(self, request, queryset):
+        ids = list(queryset.filter(is_active=True).order_by("pk").values_list("pk", flat=True))
+        for rule_id in ids:
+            policy_rule_deactivate(rule_id=rule_id)
+        self.message_user(request, f"Deactivated {len(ids)} rule(s).", messages.SUCCESS)
+
+    @admin.action(description="Activate selected rules", permissions=["change"])
+    def activate_rules(self, request, queryset):
+        ids = list(queryset.filter(is_active=False).order_by("pk").values_list("pk", flat=True))
+        for rule_id in ids:
+            policy_rule_activate(rule_id=rule_id)
+        self.message_user(request, f"Activated {len(ids)} rule(s).", messages.SUCCESS)
 
 
 class _ScopedRuleInlineForm(PolicyRuleForm):
@@ -348,8 +298,24 @@ class UserRuleInlineForm(_ScopedRuleInlineForm):
     fixed_scope = PolicyRule.Scope.USER
 
 
+class PolicyRuleInlineFormSet(BaseInlineFormSet):
+    """The rule inlines save and delete through the policy-rule service (validated, audited, caches dropped)."""
+
+    def save_new(self, form, commit=True):
+        setattr(form.instance, self.fk.name, self.instance)  # the parent row exists by now
+        return policy_rule_save(rule=form.instance) if commit else form.instance
+
+    def save_existing(self, form, obj, commit=True):
+        return policy_rule_save(rule=form.instance) if commit else form.instance
+
+    def delete_existing(self, obj, commit=True):
+        if commit:
+            policy_rule_delete(rule_id=obj.pk)
+
+
 class _PolicyRuleInline(admin.TabularInline):
     model = PolicyRule
+    formset = PolicyRuleInlineFormSet
     fields = ["task", "key", "value", "when_quota_key", "when_usage_percent_gte", "is_active", "note", "window",
               "seeded"]
     readonly_fields = ["window", "seeded"]
@@ -385,45 +351,15 @@ class UserPolicyRuleInline(_PolicyRuleInline):
     verbose_name_plural = "user overrides (the most specific rules)"
 
 
-class RuleInlineCacheMixin:
-    def save_related(self, request, form, formsets, change):
-        super().save_related(request, form, formsets, change)
-        policy_cache_invalidate_on_commit()
+def admin_inlines_add(owner: type[admin.ModelAdmin], *inlines: type) -> None:
+    """Show rows of this app on a lower app's admin page: the owning admin's `inlines` grows by these
+    (ModelAdmin reads `inlines` per request). The owner stays the model's one registered admin."""
+    owner.inlines = [*owner.inlines, *(inline for inline in inlines if inline not in owner.inlines)]
 
 
-admin.site.unregister(Plan)
-
-
-@admin.register(Plan)
-class PlanAdmin(RuleInlineCacheMixin, CatalogPlanAdmin):
-    inlines = [*CatalogPlanAdmin.inlines, PlanPolicyRuleInline]
-
-    def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        # A plan switched off (or renamed) is refused at identity resolution: drop its tenants' identities.
-        if change and {"is_active", "code"} & set(form.changed_data):
-            codes = {obj.code, form.initial.get("code")}
-            tenant_ids = Tenant.objects.filter(signup_ati_token__plan_tier__in=codes).values_list("pk", flat=True)
-            invalidate_identity_on_commit(*tenant_ids)
-
-
-admin.site.unregister(Tenant)
-
-
-@admin.register(Tenant)
-class TenantAdmin(RuleInlineCacheMixin, TenantsTenantAdmin):
-    inlines = [*TenantsTenantAdmin.inlines, TenantPolicyRuleInline]
-
-
-admin.site.unregister(User)
-
-
-@admin.register(User)
-class UserAdmin(RuleInlineCacheMixin, TenantsUserAdmin):
-    inlines = [*TenantsUserAdmin.inlines, UserPolicyRuleInline]
-
-    def get_inlines(self, request, obj):
-        return [] if obj is None else super().get_inlines(request, obj)
+admin_inlines_add(PlanAdmin, PlanPolicyRuleInline)
+admin_inlines_add(TenantAdmin, TenantPolicyRuleInline)
+admin_inlines_add(UserAdmin, UserPolicyRuleInline)
 
 
 # ------------------------------------------------------------------------------------ read-only helpers
@@ -811,8 +747,24 @@ class UsageDigestAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     date_hierarchy = "day"
 
 
+@admin.register(UsageDaily)
+class UsageDailyAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["day", "tenant", "user", "task", "model_name", "requests", "refused", "tokens_in", "tokens_out",
+                    "api_calls", "cost_micro_usd"]
+    list_filter = ["task"]
+    list_select_related = ["tenant", "user", "task"]
+    search_fields = ["=tenant__slug", "=user__username"]
+    date_hierarchy = "day"
+    ordering = ["-day"]
+    show_full_result_count = False
+
+
 # Models added to this app later (e.g. alert channels) are still reachable by a super admin until
 # they get an admin of their own above. Holds are shown on their reservation.
+class MeteringRowAdmin(admin.ModelAdmin):
+    """The plain admin of a metering model that has none of its own yet."""
+
+
 for _model in apps.get_app_config("metering").get_models():
     if _model is not UsageHold and not admin.site.is_registered(_model):
-        admin.site.register(_model)
+        admin.site.register(_model, MeteringRowAdmin)

@@ -136,7 +136,7 @@ class PolicyRule(models.Model):
             if self.when_usage_percent_gte is None or not (0 < self.when_usage_percent_gte <= 100):
                 refuse("when_usage_percent_gte", "A usage condition needs a percentage between 1 and 100 (the % of the quota used).")
         elif self.when_usage_percent_gte is not None:
-            refuse("when_quota_key", "A usage percentage needs the quota key it is a percentage of.")
+            refuse("when_quota_key", "Pick the quota whose usage % switches the rule on (a usage percentage needs its quota key).")
         if errors:
             raise ValidationError(errors)
 

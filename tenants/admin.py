@@ -1,26 +1,27 @@
 """Django Admin for who buys: users, tenants and ATI tokens.
 
-Writes with rules of their own go through `tenants.services` (issuing and revoking ATI tokens,
-signing a tenant up, suspending / activating, signing a user out everywhere). A password set here
-(the user's "change password" page) ends the user's sessions like any password change. Any other
-edit of a row the identity chain reads drops the tenant's cached identities once the transaction
-commits.
+Every write goes through `tenants.services`: issuing and revoking ATI tokens, signing a tenant up,
+suspending / activating, signing a user out everywhere, and the change forms' plain edits and
+deletes (`user_save`, `tenant_save`, `ati_token_save`, `*_delete`), which audit the change and drop
+the cached identities of the tenants involved once the transaction commits. A password set here
+(the user's "change password" page) ends the user's sessions like any password change.
 
-metering/admin.py re-registers the Tenant and User admins with their PolicyRule override inlines.
+These are the only admins of User, Tenant and ATIToken. Higher apps add inlines of their own rows to
+them (metering: the policy-rule overrides) by extending `inlines` from their admin module; nobody
+unregisters and re-registers them.
 """
 
 from __future__ import annotations
-
-from functools import partial
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
-from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.contrib.auth.forms import AdminPasswordChangeForm, AdminUserCreationForm, UserChangeForm
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Count, Q
+from django.forms.models import BaseInlineFormSet
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -28,15 +29,8 @@ from django.utils.html import format_html
 from catalog.models import Plan
 from gateway_project.errors import GatewayError
 from tenants import services
-from tenants.audit import AuditSource
+from tenants.audit import AuditEvent, AuditSource
 from tenants.models import ATIToken, Tenant, User
-from tenants.selectors import identity_cache_invalidate
-
-
-def invalidate_identity_on_commit(*tenant_ids: int | None) -> None:
-    """Drop the cached identities of these tenants once the current transaction commits."""
-    for tenant_id in {t for t in tenant_ids if t is not None}:
-        transaction.on_commit(partial(identity_cache_invalidate, tenant_id=tenant_id))
 
 
 def plan_choices(current: str | None = None) -> list[tuple[str, str]]:
@@ -100,10 +94,19 @@ class GatewayUserChangeForm(TenantOrStaffFormMixin, UserChangeForm):
         fields = "__all__"
 
 
+class GatewayPasswordChangeForm(AdminPasswordChangeForm):
+    """The user's "change password" page saves through the user service (audited as user.password_set)."""
+
+    def save(self, commit=True):
+        user = super().save(commit=False)
+        return services.user_save(user=user) if commit else user
+
+
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
     form = GatewayUserChangeForm
     add_form = GatewayUserCreationForm
+    change_password_form = GatewayPasswordChangeForm
     list_display = ["username", "email", "tenant", "role", "is_active", "is_staff", "is_superuser", "last_login"]
     list_filter = ["tenant", "role", "is_active", "is_staff", "is_superuser"]
     list_select_related = ["tenant"]
@@ -141,21 +144,21 @@ class UserAdmin(DjangoUserAdmin):
         ),
     ]
 
+    # The admin site runs every view inside audit_context(actor=the staff user, source=ADMIN)
+    # (adminconsole/sites.py), so the services below record who did it.
     def save_model(self, request, obj, form, change):
-        previous_tenant = form.initial.get("tenant") if change else None
-        super().save_model(request, obj, form, change)
-        if change:
-            invalidate_identity_on_commit(obj.tenant_id, previous_tenant)
+        services.user_save(user=obj)
 
     def delete_model(self, request, obj):
-        tenant_id = obj.tenant_id
-        super().delete_model(request, obj)
-        invalidate_identity_on_commit(tenant_id)
+        services.user_delete(user=obj)
 
     def delete_queryset(self, request, queryset):
-        tenant_ids = set(queryset.values_list("tenant_id", flat=True))
-        super().delete_queryset(request, queryset)
-        invalidate_identity_on_commit(*tenant_ids)
+        for user in queryset.order_by("pk"):
+            services.user_delete(user=user)
+
+    def get_inlines(self, request, obj):
+        # Inlines (e.g. metering's rule overrides) belong to a saved user: none on the add page.
+        return [] if obj is None else super().get_inlines(request, obj)
 
     @admin.action(description="Sign selected users out everywhere (every token they hold stops working)",
                   permissions=["change"])
@@ -176,8 +179,19 @@ class TenantPlanFilter(PlanTierFilter):
     field_path = "signup_ati_token__plan_tier"
 
 
+class UserInlineFormSet(BaseInlineFormSet):
+    """The tenant page's user rows (role, active) are saved by the user service, audited."""
+
+    def save_new(self, form, commit=True):  # pragma: no cover - the inline has no add row
+        raise PermissionError("Users are added from the user admin or the tenant API.")
+
+    def save_existing(self, form, obj, commit=True):
+        return services.user_save(user=form.instance) if commit else form.instance
+
+
 class TenantUserInline(admin.TabularInline):
     model = User
+    formset = UserInlineFormSet
     fk_name = "tenant"
     fields = ["username", "email", "role", "is_active", "last_login"]
     readonly_fields = ["username", "email", "last_login"]
@@ -312,24 +326,19 @@ class TenantAdmin(admin.ModelAdmin):
                 f"'{form.cleaned_data['admin_username']}'.",
             )
             return
-        super().save_model(request, obj, form, change)
-        invalidate_identity_on_commit(obj.pk)
+        services.tenant_save(tenant=obj)
 
     def save_related(self, request, form, formsets, change):
         if not change:
             return
-        super().save_related(request, form, formsets, change)
-        invalidate_identity_on_commit(form.instance.pk)
+        super().save_related(request, form, formsets, change)  # the inlines' formsets save through services
 
     def delete_model(self, request, obj):
-        tenant_id = obj.pk
-        super().delete_model(request, obj)
-        invalidate_identity_on_commit(tenant_id)
+        services.tenant_delete(tenant=obj)
 
     def delete_queryset(self, request, queryset):
-        tenant_ids = list(queryset.values_list("pk", flat=True))
-        super().delete_queryset(request, queryset)
-        invalidate_identity_on_commit(*tenant_ids)
+        for tenant in queryset.order_by("pk"):
+            services.tenant_delete(tenant=tenant)
 
     @admin.display(description="plan", ordering="signup_ati_token__plan_tier")
     def plan(self, obj: Tenant):
@@ -459,8 +468,7 @@ class ATITokenAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if change:
             previous_plan = form.initial.get("plan_tier")
-            super().save_model(request, obj, form, change)
-            invalidate_identity_on_commit(obj.tenant_id)
+            services.ati_token_save(token=obj)
             if obj.tenant_id and previous_plan != obj.plan_tier:
                 messages.info(
                     request,
@@ -483,14 +491,11 @@ class ATITokenAdmin(admin.ModelAdmin):
         )
 
     def delete_model(self, request, obj):
-        tenant_id = obj.tenant_id
-        super().delete_model(request, obj)
-        invalidate_identity_on_commit(tenant_id)
+        services.ati_token_delete(token=obj)
 
     def delete_queryset(self, request, queryset):
-        tenant_ids = list(queryset.values_list("tenant_id", flat=True))
-        super().delete_queryset(request, queryset)
-        invalidate_identity_on_commit(*tenant_ids)
+        for token in queryset.order_by("pk"):
+            services.ati_token_delete(token=token)
 
     @admin.display(description="expires", ordering="expires_at")
     def expiry(self, obj: ATIToken) -> str:
@@ -513,3 +518,27 @@ class ATITokenAdmin(admin.ModelAdmin):
             self.message_user(request, f"Revoked {len(revoked)} ATI token(s): {', '.join(revoked)}.", messages.SUCCESS)
         else:
             self.message_user(request, "No active token among the selection: nothing to revoke.", messages.WARNING)
+
+
+# ------------------------------------------------------------------------------------- audit trail
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """The trail is only ever appended to (by the services): nobody adds, edits or deletes it here."""
+
+    list_display = ["created_at", "actor_label", "source", "action", "object_type", "object_id", "tenant"]
+    list_filter = ["source", "action", "object_type"]
+    list_select_related = ["tenant"]
+    search_fields = ["=object_id", "=tenant__slug", "=actor_label", "action"]
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

