@@ -36,7 +36,8 @@ from tenants.audit import AuditEvent
 from tenants.models import Tenant, User
 from tenants.selectors import TenantContext
 
-SUMS = ("requests", "refused", "tokens_in", "tokens_out", "api_calls", "cost_micro_usd")
+SUMS = ("requests", "refused", "tokens_in", "tokens_out", "tokens_cached_in", "tokens_cache_write", "api_calls",
+        "cost_micro_usd")
 
 
 def _sums() -> dict[str, Sum]:
@@ -394,7 +395,8 @@ def usage_report_rows(*, start: date, end: date, group_by: str, tenant_id: int |
         elif group_by == "day":
             out["day"] = r["day"].isoformat()
         out.update({name: r[name] for name in ("requests", "refused", "tokens_in", "tokens_out", "total_tokens",
-                                                "api_calls", "cost_micro_usd")})
+                                                "tokens_cached_in", "tokens_cache_write", "api_calls",
+                                                "cost_micro_usd")})
         out["cost_usd"] = f"{r['cost_micro_usd'] / 1_000_000:.6f}"
         result.append(out)
     if group_by in ("tenant", "user", "model"):

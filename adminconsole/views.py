@@ -523,7 +523,8 @@ def reports(request: HttpRequest) -> HttpResponse:
         name = f"usage_{slug or 'all'}_{group_by}_{start}_{end}.csv"
         response["Content-Disposition"] = f'attachment; filename="{name}"'
         columns = list(rows[0]) if rows else [group_by, "requests", "refused", "tokens_in", "tokens_out",
-                                               "total_tokens", "api_calls", "cost_micro_usd", "cost_usd"]
+                                               "total_tokens", "tokens_cached_in", "tokens_cache_write",
+                                               "api_calls", "cost_micro_usd", "cost_usd"]
         writer = csv.DictWriter(response, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.db import models
 from django.db.models import Q
 
+from catalog import pricing
+
 
 class ModelClass(models.Model):
     """A capability tier (BASE_S < BASE_M < PRO_M < PRO_L < ADVANCED); plans grant classes, not models."""
@@ -114,6 +116,12 @@ class ProviderModel(models.Model):
     # Integer micro-USD per one million tokens: money never touches floats.
     input_price_per_mtok_micro_usd = models.BigIntegerField(null=True, blank=True)
     output_price_per_mtok_micro_usd = models.BigIntegerField(null=True, blank=True)
+    # Prompt-cache prices, same unit (catalog/pricing.py): NULL = no discount or surcharge, those
+    # tokens are billed at the input price.
+    cached_input_price_per_mtok_micro_usd = models.BigIntegerField(
+        null=True, blank=True, help_text="Prompt tokens read from the provider's cache (NULL: the input price).")
+    cache_write_price_per_mtok_micro_usd = models.BigIntegerField(
+        null=True, blank=True, help_text="Prompt tokens written to the provider's cache (NULL: the input price).")
     context_window = models.PositiveIntegerField(default=128_000)
     max_output_tokens = models.PositiveIntegerField(default=8_192)
     priority = models.IntegerField(default=100, help_text="Lower runs first among equals.")
@@ -132,6 +140,16 @@ class ProviderModel(models.Model):
                 | Q(output_price_per_mtok_micro_usd__gte=0),
                 name="provider_model_output_price_non_negative",
             ),
+            models.CheckConstraint(
+                condition=Q(cached_input_price_per_mtok_micro_usd__isnull=True)
+                | Q(cached_input_price_per_mtok_micro_usd__gte=0),
+                name="provider_model_cached_price_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(cache_write_price_per_mtok_micro_usd__isnull=True)
+                | Q(cache_write_price_per_mtok_micro_usd__gte=0),
+                name="provider_model_cache_write_price_non_negative",
+            ),
         ]
         indexes = [models.Index(fields=["model_class", "is_active"], name="provmodel_class_active")]
 
@@ -142,12 +160,15 @@ class ProviderModel(models.Model):
     def is_priced(self) -> bool:
         return self.input_price_per_mtok_micro_usd is not None and self.output_price_per_mtok_micro_usd is not None
 
-    def cost_micro_usd(self, *, tokens_in: int, tokens_out: int) -> int:
-        """Integer cost, rounded up to the next micro-USD so no call is ever under-billed."""
-        numerator = tokens_in * (self.input_price_per_mtok_micro_usd or 0) + tokens_out * (
-            self.output_price_per_mtok_micro_usd or 0
-        )
-        return -(-numerator // 1_000_000)
+    def cost_micro_usd(self, *, tokens_in: int, tokens_out: int, tokens_cached_in: int = 0,
+                       tokens_cache_write: int = 0) -> int:
+        """Integer cost by the one price rule (catalog/pricing.py), rounded up to the next micro-USD."""
+        return pricing.cost_micro_usd(
+            tokens_in=tokens_in, tokens_out=tokens_out, tokens_cached_in=tokens_cached_in,
+            tokens_cache_write=tokens_cache_write, input_price=self.input_price_per_mtok_micro_usd,
+            output_price=self.output_price_per_mtok_micro_usd,
+            cached_input_price=self.cached_input_price_per_mtok_micro_usd,
+            cache_write_price=self.cache_write_price_per_mtok_micro_usd)
 
 
 class SearchSourcePrice(models.Model):

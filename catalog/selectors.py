@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from catalog import pricing
 from catalog.models import ModelClass, PlanFeature, PlanLLMAccess, ProviderModel, Task
 from gateway_project.memo import GenerationCache
 
@@ -49,15 +50,32 @@ class ModelInfo:
     context_window: int
     max_output_tokens: int
     priority: int
+    cached_input_price: int | None = None  # NULL: billed at the input price (catalog/pricing.py)
+    cache_write_price: int | None = None
 
     @property
     def is_priced(self) -> bool:
         return self.input_price is not None and self.output_price is not None
 
-    def cost_micro_usd(self, *, tokens_in: int, tokens_out: int) -> int:
-        """Integer micro-USD, rounded up so no call is under-billed."""
-        numerator = tokens_in * (self.input_price or 0) + tokens_out * (self.output_price or 0)
-        return -(-numerator // 1_000_000)
+    def cost_micro_usd(self, *, tokens_in: int, tokens_out: int, tokens_cached_in: int = 0,
+                       tokens_cache_write: int = 0) -> int:
+        """Integer micro-USD by the one price rule (catalog/pricing.py), rounded up."""
+        return pricing.cost_micro_usd(
+            tokens_in=tokens_in, tokens_out=tokens_out, tokens_cached_in=tokens_cached_in,
+            tokens_cache_write=tokens_cache_write, input_price=self.input_price, output_price=self.output_price,
+            cached_input_price=self.cached_input_price, cache_write_price=self.cache_write_price)
+
+    @property
+    def worst_input_price(self) -> int:
+        """The most one prompt token can cost here (a cache write can cost more than plain input)."""
+        return pricing.worst_input_price(input_price=self.input_price, cached_input_price=self.cached_input_price,
+                                         cache_write_price=self.cache_write_price)
+
+    def worst_cost_micro_usd(self, *, tokens_in: int, tokens_out: int) -> int:
+        """The most a call with this many prompt and output tokens can cost: the worst case a hold
+        must cover, whatever part of the prompt the provider reads from or writes to its cache."""
+        numerator = tokens_in * self.worst_input_price + tokens_out * (self.output_price or 0)
+        return -(-numerator // pricing.MTOK)
 
 
 def _tasks() -> dict[str, TaskInfo]:
@@ -121,6 +139,8 @@ def provider_models_active() -> list[ModelInfo]:
                 context_window=m.context_window,
                 max_output_tokens=m.max_output_tokens,
                 priority=m.priority,
+                cached_input_price=m.cached_input_price_per_mtok_micro_usd,
+                cache_write_price=m.cache_write_price_per_mtok_micro_usd,
             )
             for m in ProviderModel.objects.filter(is_active=True).select_related("model_class")
         ]

@@ -44,15 +44,24 @@ logger = logging.getLogger("gateway.providers")
 @dataclass
 class Attempt:
     model: ModelInfo
-    tokens_in: int = 0
+    tokens_in: int = 0  # all prompt tokens, cached ones included
     tokens_out: int = 0
     latency_ms: int = 0
     error: str = ""
     estimated: bool = False
     detail: str = ""  # the provider's own text, scrubbed: for the log and the ledger, never the tenant
+    tokens_cached_in: int = 0  # of tokens_in: read from the provider's prompt cache
+    tokens_cache_write: int = 0  # of tokens_in: written to it
 
     def cost(self) -> int:
-        return self.model.cost_micro_usd(tokens_in=self.tokens_in, tokens_out=self.tokens_out)
+        return self.model.cost_micro_usd(tokens_in=self.tokens_in, tokens_out=self.tokens_out,
+                                         tokens_cached_in=self.tokens_cached_in,
+                                         tokens_cache_write=self.tokens_cache_write)
+
+    def reported(self, usage: Usage) -> None:
+        """Take the provider's reported usage (its counts, cache splits included) as this attempt's."""
+        self.tokens_in, self.tokens_out, self.estimated = usage.tokens_in, usage.tokens_out, usage.estimated
+        self.tokens_cached_in, self.tokens_cache_write = usage.cached_in, usage.cache_write
 
 
 @dataclass
@@ -71,6 +80,8 @@ class Spend:
             model_class=served.model.model_class if served else "",
             tokens_in=sum(a.tokens_in for a in self.attempts),
             tokens_out=sum(a.tokens_out for a in self.attempts),
+            tokens_cached_in=sum(a.tokens_cached_in for a in self.attempts),
+            tokens_cache_write=sum(a.tokens_cache_write for a in self.attempts),
             cost_micro_usd=sum(a.cost() for a in self.attempts),
             api_calls=len(self.attempts),
             latency_ms=sum(a.latency_ms for a in self.attempts),
@@ -166,8 +177,7 @@ async def chat_with_fallback(
             continue
         elapsed = time.monotonic() - started
         attempt.latency_ms = int(elapsed * 1000)
-        attempt.tokens_in, attempt.tokens_out = result.usage.tokens_in, result.usage.tokens_out
-        attempt.estimated = result.usage.estimated
+        attempt.reported(result.usage)
         router.record_success(model, elapsed)
         metrics.provider_observed(model, elapsed, "ok")
         return result
@@ -249,7 +259,7 @@ async def stream_with_fallback(
         elapsed = time.monotonic() - started
         attempt.latency_ms = int(elapsed * 1000)
         if usage is not None:
-            attempt.tokens_in, attempt.tokens_out, attempt.estimated = usage.tokens_in, usage.tokens_out, False
+            attempt.reported(usage)
         router.record_success(model, elapsed)
         metrics.provider_observed(model, elapsed, "ok")
         return

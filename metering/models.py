@@ -288,8 +288,15 @@ class UsageLog(models.Model):
     provider = models.CharField(max_length=32, blank=True)
     model_name = models.CharField(max_length=128, blank=True)
     model_class = models.CharField(max_length=32, blank=True)
+    # tokens_in is ALL prompt tokens, cached ones included (limits count every token the model read);
+    # of them, tokens_cached_in were read from and tokens_cache_write written to the provider's
+    # prompt cache, each priced at its own rate (catalog/pricing.py).
     tokens_in = models.BigIntegerField(default=0)
     tokens_out = models.BigIntegerField(default=0)
+    tokens_cached_in = models.BigIntegerField(default=0, db_default=0,
+                                              help_text="Of tokens_in: read from the prompt cache.")
+    tokens_cache_write = models.BigIntegerField(default=0, db_default=0,
+                                                help_text="Of tokens_in: written to the prompt cache.")
     api_calls = models.BigIntegerField(default=0)
     cost_micro_usd = models.BigIntegerField(default=0)
     latency_ms = models.PositiveIntegerField(default=0)
@@ -401,8 +408,10 @@ class UsageDaily(models.Model):
     day = models.DateField()
     requests = models.BigIntegerField(default=0, help_text="Admitted calls (refused ones not included).")
     refused = models.BigIntegerField(default=0)
-    tokens_in = models.BigIntegerField(default=0)
+    tokens_in = models.BigIntegerField(default=0)  # all prompt tokens, cached ones included
     tokens_out = models.BigIntegerField(default=0)
+    tokens_cached_in = models.BigIntegerField(default=0, db_default=0)
+    tokens_cache_write = models.BigIntegerField(default=0, db_default=0)
     api_calls = models.BigIntegerField(default=0)
     cost_micro_usd = models.BigIntegerField(default=0)
 

@@ -251,6 +251,8 @@ DECLARE
     p_model_class text := p->>'model_class';
     p_tokens_in bigint := (p->>'tokens_in')::bigint;
     p_tokens_out bigint := (p->>'tokens_out')::bigint;
+    p_tokens_cached_in bigint := COALESCE((p->>'tokens_cached_in')::bigint, 0);
+    p_tokens_cache_write bigint := COALESCE((p->>'tokens_cache_write')::bigint, 0);
     p_api_calls bigint := (p->>'api_calls')::bigint;
     p_cost bigint := (p->>'cost')::bigint;
     p_latency_ms int := (p->>'latency_ms')::int;
@@ -337,12 +339,14 @@ BEGIN
     INTO v_remaining, v_alerts;
 
     INSERT INTO metering_usagelog (request_id, reservation_id, tenant_id, user_id, task_id, feature_code, provider,
-                                   model_name, model_class, tokens_in, tokens_out, api_calls, cost_micro_usd,
+                                   model_name, model_class, tokens_in, tokens_out, tokens_cached_in,
+                                   tokens_cache_write, api_calls, cost_micro_usd,
                                    latency_ms, status, error_code, enforcement_mode, would_refuse_code,
                                    usage_estimated, attempts, settled_late, max_tokens_fitted, admitted_at,
                                    created_at)
     VALUES (res.request_id, p_reservation, res.tenant_id, res.user_id, res.task_id, v_feature, p_provider,
-            p_model_name, p_model_class, p_tokens_in, p_tokens_out, p_api_calls, p_cost, p_latency_ms, p_status,
+            p_model_name, p_model_class, p_tokens_in, p_tokens_out, p_tokens_cached_in, p_tokens_cache_write,
+            p_api_calls, p_cost, p_latency_ms, p_status,
             p_error_code, res.enforcement_mode, p_would_refuse, p_estimated, p_attempts, v_late, p_max_tokens_fitted,
             res.created_at, p_now)
     RETURNING id INTO v_log;
@@ -351,12 +355,16 @@ BEGIN
     END IF;
 
     INSERT INTO metering_usagedaily AS d (tenant_id, user_id, task_id, model_name, day, requests, refused,
-                                          tokens_in, tokens_out, api_calls, cost_micro_usd)
+                                          tokens_in, tokens_out, tokens_cached_in, tokens_cache_write, api_calls,
+                                          cost_micro_usd)
     VALUES (res.tenant_id, res.user_id, res.task_id, p_model_name, (res.created_at AT TIME ZONE 'UTC')::date, 1, 0,
-            p_tokens_in, p_tokens_out, p_api_calls, p_cost)
+            p_tokens_in, p_tokens_out, p_tokens_cached_in, p_tokens_cache_write, p_api_calls, p_cost)
     ON CONFLICT (tenant_id, user_id, task_id, model_name, day) DO UPDATE
     SET requests = d.requests + 1, tokens_in = d.tokens_in + excluded.tokens_in,
-        tokens_out = d.tokens_out + excluded.tokens_out, api_calls = d.api_calls + excluded.api_calls,
+        tokens_out = d.tokens_out + excluded.tokens_out,
+        tokens_cached_in = d.tokens_cached_in + excluded.tokens_cached_in,
+        tokens_cache_write = d.tokens_cache_write + excluded.tokens_cache_write,
+        api_calls = d.api_calls + excluded.api_calls,
         cost_micro_usd = d.cost_micro_usd + excluded.cost_micro_usd;
 
     RETURN jsonb_build_object(

@@ -467,7 +467,8 @@ def policy_evaluate(
     if policy_setting(decision, "fit_max_tokens_to_budget") and not usage_unavailable:
         held_out = _budget_fit(decision, holds, context=context, now=now, mode=mode)
 
-    worst_cost = max((m.cost_micro_usd(tokens_in=tokens_in, tokens_out=held_out) for m in candidates), default=0)
+    worst_cost = max((m.worst_cost_micro_usd(tokens_in=tokens_in, tokens_out=held_out) for m in candidates),
+                     default=0)
     amounts = {
         Metric.TOKENS: decision.steps * (tokens_in + held_out),
         # Every API call may be a priced outbound request (search fees) on top of the tokens.
@@ -512,7 +513,7 @@ def policy_setting(decision: EnforcementDecision, name: str) -> Any:
 def _out_within(model: ModelInfo, *, tokens_in: int, budget_micro_usd: int) -> int:
     """The most output tokens one step may have on this model within a budget (-1: not even the input)."""
     # cost_micro_usd rounds up: ceil(n / 10**6) <= budget exactly when n <= budget * 10**6.
-    room = budget_micro_usd * 1_000_000 - tokens_in * (model.input_price or 0)
+    room = budget_micro_usd * 1_000_000 - tokens_in * model.worst_input_price  # as the hold prices it
     if room < 0:
         return -1
     return room // model.output_price if model.output_price else 2**62
@@ -534,8 +535,8 @@ def _budget_fit(decision: EnforcementDecision, holds: list[HoldSpec], *, context
     usage = usage_snapshot(tenant_id=context.tenant_id, user_id=context.user_id, now=now)
     fits, tightest = decision.max_tokens_out, ""
     worst = {Metric.TOKENS: decision.steps * (decision.tokens_in + decision.max_tokens_out),
-             Metric.COST: decision.steps * max((m.cost_micro_usd(tokens_in=decision.tokens_in,
-                                                                 tokens_out=decision.max_tokens_out)
+             Metric.COST: decision.steps * max((m.worst_cost_micro_usd(tokens_in=decision.tokens_in,
+                                                                       tokens_out=decision.max_tokens_out)
                                                 for m in decision.candidates), default=0)}
     for hold in bounded:
         left = hold.limit - usage.get((hold.user_id, hold.task_id, hold.metric, hold.window, hold.period_start), 0)

@@ -39,9 +39,11 @@ class CallOutcome:
     provider: str = ""
     model_name: str = ""
     model_class: str = ""
-    tokens_in: int = 0
+    tokens_in: int = 0  # all prompt tokens, cached ones included
     tokens_out: int = 0
     cost_micro_usd: int = 0
+    tokens_cached_in: int = 0  # of tokens_in: read from the provider's prompt cache
+    tokens_cache_write: int = 0  # of tokens_in: written to it
     api_calls: int = 0
     latency_ms: int = 0
     error_code: str = ""

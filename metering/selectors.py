@@ -121,6 +121,7 @@ def usage_aggregate(*, context: TenantContext, start: date, end: date, group_by:
         rows.values(field)
         .annotate(
             tokens_in=Sum("tokens_in"), tokens_out=Sum("tokens_out"), api_calls=Sum("api_calls"),
+            tokens_cached_in=Sum("tokens_cached_in"), tokens_cache_write=Sum("tokens_cache_write"),
             cost_micro_usd=Sum("cost_micro_usd"), requests=Sum("requests"), refused=Sum("refused"),
         )
         .order_by(field)
@@ -128,6 +129,8 @@ def usage_aggregate(*, context: TenantContext, start: date, end: date, group_by:
     return [
         {group_by: r[field], "tokens_in": r["tokens_in"] or 0, "tokens_out": r["tokens_out"] or 0,
          "total_tokens": (r["tokens_in"] or 0) + (r["tokens_out"] or 0), "api_calls": r["api_calls"] or 0,
+         # Of tokens_in (all prompt tokens): read from and written to the providers' prompt caches.
+         "tokens_cached_in": r["tokens_cached_in"] or 0, "tokens_cache_write": r["tokens_cache_write"] or 0,
          "cost_micro_usd": r["cost_micro_usd"] or 0, "requests": r["requests"] or 0, "refused": r["refused"] or 0}
         for r in result
     ]

@@ -228,6 +228,7 @@ def _replay_one(record: dict) -> int:
         api_key_id=record.get("api_key_id"),
         provider=outcome.provider, model_name=outcome.model_name, model_class=outcome.model_class,
         tokens_in=outcome.tokens_in, tokens_out=outcome.tokens_out, api_calls=outcome.api_calls,
+        tokens_cached_in=outcome.tokens_cached_in, tokens_cache_write=outcome.tokens_cache_write,
         cost_micro_usd=outcome.cost_micro_usd, latency_ms=outcome.latency_ms, status=outcome.status,
         error_code=outcome.error_code, enforcement_mode=record["mode"],
         would_refuse_code=record["would_refuse_code"], usage_estimated=outcome.usage_estimated,

@@ -83,6 +83,13 @@ def _input_tokens(usage: Any) -> int:
     return (usage.input_tokens or 0) + (usage.cache_creation_input_tokens or 0) + (usage.cache_read_input_tokens or 0)
 
 
+def _usage(usage: Any, tokens_out: int) -> Usage:
+    """All prompt tokens as tokens_in; cache reads and writes, which Anthropic reports beside
+    `input_tokens`, as the parts priced apart."""
+    return Usage(_input_tokens(usage), tokens_out, cached_in=usage.cache_read_input_tokens or 0,
+                 cache_write=usage.cache_creation_input_tokens or 0)
+
+
 class AnthropicProvider:
     name = "anthropic"
 
@@ -198,7 +205,7 @@ class AnthropicProvider:
             text = "".join(block.text for block in message.content if block.type == "text")
             calls = [ToolCall(id=block.id, name=block.name, arguments=json.dumps(block.input, separators=(",", ":")))
                      for block in message.content if block.type == "tool_use"]
-            usage = Usage(_input_tokens(message.usage), message.usage.output_tokens)
+            usage = _usage(message.usage, message.usage.output_tokens)
             stop = message.stop_reason
             response_id = message.id or ""
         except MALFORMED_ERRORS as exc:  # JSON without the fields (the SDK does not validate)
@@ -225,11 +232,13 @@ class AnthropicProvider:
         stop: str | None = None
         tokens_in: int | None = None
         tokens_out: int | None = None
+        reported_usage: Any = None  # the last usage object with the input side (its cache splits)
         tool_index: dict[int, int] = {}  # content block index -> OpenAI tool call index
         try:
             async for event in stream:
                 if event.type == "message_start":
                     tokens_in = meter.reported_in = _input_tokens(event.message.usage)
+                    reported_usage = event.message.usage
                 elif event.type == "content_block_start" and event.content_block.type == "tool_use":
                     tool_index[event.index] = len(tool_index)
                     yield StreamDelta(tool_calls=[ToolCallDelta(index=tool_index[event.index],
@@ -249,6 +258,7 @@ class AnthropicProvider:
                     tokens_out = meter.reported_out = event.usage.output_tokens  # cumulative
                     if event.usage.input_tokens is not None:  # cumulative too, when present
                         tokens_in = meter.reported_in = _input_tokens(event.usage)
+                        reported_usage = event.usage
         except Exception as exc:
             mapped = self._map(exc, **meter.consumed())
             if mapped is None:
@@ -259,7 +269,8 @@ class AnthropicProvider:
         if stop is None:  # the body ended cleanly without message_delta: a cut
             raise ProviderConnectionError("the stream ended before the answer finished", provider=self.name,
                                           **meter.consumed())
-        usage = Usage(tokens_in, tokens_out) if tokens_in is not None and tokens_out is not None else None
+        usage = (_usage(reported_usage, tokens_out) if tokens_in is not None and tokens_out is not None
+                 and reported_usage is not None else None)
         if stop == "refusal":
             spent = {"tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out} if usage else meter.consumed()
             raise ProviderContentFiltered("the model refused (stop_reason refusal)", provider=self.name, **spent)

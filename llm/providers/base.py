@@ -115,6 +115,10 @@ class Usage:
     tokens_in: int
     tokens_out: int
     estimated: bool = False  # counted by the gateway because the provider reported none
+    # Of tokens_in (which is ALL prompt tokens): read from the provider's prompt cache, and written
+    # to it. Priced apart (catalog/pricing.py); token limits count all of tokens_in.
+    cached_in: int = 0
+    cache_write: int = 0
 
 
 @dataclass

@@ -86,8 +86,10 @@ def _finish(candidate: Any, calls: list[ToolCall]) -> str:
 def _usage(meta: Any) -> Usage | None:
     if meta is None or meta.prompt_token_count is None:
         return None
+    # cached_content_token_count is part of prompt_token_count (the total effective prompt).
     return Usage(meta.prompt_token_count + (meta.tool_use_prompt_token_count or 0),
-                 (meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0))
+                 (meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0),
+                 cached_in=max(0, meta.cached_content_token_count or 0))
 
 
 def _key_rejected(details: Any) -> bool:

@@ -178,7 +178,11 @@ class OpenAIProvider:
         if not isinstance(prompt, int) or not isinstance(completion, int):
             return None
         total = usage.get("total_tokens")
-        return Usage(prompt, max(completion, total - prompt) if isinstance(total, int) else completion)
+        # Cache hits are part of prompt_tokens (OpenAI and xAI alike), billed at the cached rate.
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        return Usage(prompt, max(completion, total - prompt) if isinstance(total, int) else completion,
+                     cached_in=cached if isinstance(cached, int) and not isinstance(cached, bool) and cached > 0 else 0)
 
     def _error(self, exc: openai.OpenAIError, *, tokens_in: int = 0, tokens_out: int = 0) -> ProviderError:
         tokens: dict[str, Any] = {"provider": self.name, "tokens_in": tokens_in, "tokens_out": tokens_out}

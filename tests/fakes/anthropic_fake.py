@@ -74,6 +74,10 @@ class FakeAnthropic(FakeProvider):
     content_block_start of type tool_use and `input_json_delta` fragments of its input."""
 
     name = "anthropic"
+    # Of the prompt's tokens, this many are reported as read from (cache_read_input_tokens) and written
+    # to (cache_creation_input_tokens) the prompt cache, beside the rest (input_tokens), as the API does.
+    cached_tokens = 0
+    cache_write_tokens = 0
 
     def authorized(self, h) -> bool:
         if self.api_key is None:
@@ -207,10 +211,13 @@ class FakeAnthropic(FakeProvider):
                 words, stop = text[:text.index(sequence)].split(), "stop_sequence"
         n_in = words_of(system_text) + sum(words_of(t) + 3 for t in texts)
         mid = response_id("msg_", model, prompt)
+        cache_read = min(self.cached_tokens, n_in)
+        cache_write = min(self.cache_write_tokens, n_in - cache_read)
         message = {"id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
                    "stop_reason": None, "stop_sequence": None,
-                   "usage": {"input_tokens": n_in, "output_tokens": 1, "cache_creation_input_tokens": 0,
-                             "cache_read_input_tokens": 0, "service_tier": "standard"}}
+                   "usage": {"input_tokens": n_in - cache_read - cache_write, "output_tokens": 1,
+                             "cache_creation_input_tokens": cache_write, "cache_read_input_tokens": cache_read,
+                             "service_tier": "standard"}}
 
         if structured is not None:
             return self._send_structured(h, body, model, message, structured, n_in, fault)

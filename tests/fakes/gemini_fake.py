@@ -65,6 +65,8 @@ class FakeGemini(FakeProvider):
     part (name and args, no id, as the Gemini API answers), sent whole in one stream event."""
 
     name = "gemini"
+    # Of the prompt tokens, this many are reported as cached (usageMetadata.cachedContentTokenCount).
+    cached_tokens = 0
 
     def __init__(self, api_key: str | None = "test-key", *, thoughts_tokens: int = 0) -> None:
         self.thoughts_tokens = thoughts_tokens  # billed as output, reported as thoughtsTokenCount
@@ -218,6 +220,8 @@ class FakeGemini(FakeProvider):
                     "promptTokensDetails": [{"modality": "TEXT", "tokenCount": n_in}]}
             if thoughts:
                 data["thoughtsTokenCount"] = thoughts
+            if self.cached_tokens:  # part of promptTokenCount, as the real API reports it
+                data["cachedContentTokenCount"] = min(self.cached_tokens, n_in)
             return data
 
         def response(text: str, candidates: int, finish_reason: str | None) -> dict[str, Any]:

@@ -53,6 +53,8 @@ def tokens_in(messages: list[dict[str, Any]]) -> int:
 
 class FakeOpenAI(FakeProvider):
     name = "openai"
+    # Of the prompt tokens, this many are reported as prompt-cache hits (prompt_tokens_details.cached_tokens).
+    cached_tokens = 0
 
     def __init__(self, api_key: str | None = "test-key", *, include_usage_supported: bool = True,
                  reasoning_tokens: int = 0, usage_in_body: bool = True) -> None:
@@ -109,6 +111,8 @@ class FakeOpenAI(FakeProvider):
                                  "total_tokens": n_in + n_out + n_reasoning}
         if n_reasoning:
             usage["completion_tokens_details"] = {"reasoning_tokens": n_reasoning}
+        if self.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": min(self.cached_tokens, n_in), "audio_tokens": 0}
         cid = response_id("chatcmpl-", model, prompt)
 
         if body.get("stream"):

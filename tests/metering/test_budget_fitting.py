@@ -230,7 +230,8 @@ def test_a_cost_fit_is_the_largest_answer_every_candidate_can_pay_for(tenant_adm
 
     fitted = decision.max_tokens_fitted
     assert fitted is not None and fitted < PRO_MAX_OUT
-    worst = [max(m.cost_micro_usd(tokens_in=100, tokens_out=out) for m in decision.candidates)
+    # The hold's worst case: every prompt token at the model's dearest input rate (a cache write).
+    worst = [max(m.worst_cost_micro_usd(tokens_in=100, tokens_out=out) for m in decision.candidates)
              for out in (fitted, fitted + 1)]
     assert worst[0] <= 15_000 < worst[1]  # exactly the most that fits, at the dearest candidate's prices
     assert next(h for h in decision.holds if h.key == "tenant_cost_per_month_usd").amount == worst[0]

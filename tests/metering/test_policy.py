@@ -441,10 +441,13 @@ def test_max_api_calls_caps_the_api_calls_hold(tenant_admin):
 
 def _worst_cost(classes: list[str], tokens_in: int, tokens_out: int) -> int:
     costs = []
-    for p_in, p_out in ProviderModel.objects.filter(model_class__code__in=classes, is_active=True).values_list(
-        "input_price_per_mtok_micro_usd", "output_price_per_mtok_micro_usd"
-    ):
-        numerator = tokens_in * p_in + tokens_out * p_out
+    # The worst case prices every prompt token at the model's dearest input rate (a cache write can
+    # cost more than plain input: catalog/pricing.py).
+    for p_in, p_write, p_out in ProviderModel.objects.filter(
+        model_class__code__in=classes, is_active=True
+    ).values_list("input_price_per_mtok_micro_usd", "cache_write_price_per_mtok_micro_usd",
+                  "output_price_per_mtok_micro_usd"):
+        numerator = tokens_in * max(p_in, p_write or 0) + tokens_out * p_out
         costs.append(numerator // 1_000_000 + (1 if numerator % 1_000_000 else 0))
     return max(costs)
 

@@ -45,8 +45,8 @@ class Command(BaseCommand):
             raise CommandError(f"--from ({start}) must not be after --to ({end}).")
         group_by = options["group_by"]
         rows = usage_report_rows(start=start, end=end, group_by=group_by, tenant_id=tenant.pk)
-        columns = [group_by, "requests", "refused", "tokens_in", "tokens_out", "total_tokens", "api_calls",
-                   "cost_micro_usd", "cost_usd"]
+        columns = [group_by, "requests", "refused", "tokens_in", "tokens_out", "total_tokens", "tokens_cached_in",
+                   "tokens_cache_write", "api_calls", "cost_micro_usd", "cost_usd"]
         fmt = options["format"]
         if fmt == "json":
             self.stdout.write(json.dumps({"tenant": tenant.slug, "from": start.isoformat(), "to": end.isoformat(),

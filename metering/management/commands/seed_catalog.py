@@ -67,6 +67,21 @@ SEARCH_PRICES = [
     ("epo_ops", "search", 0, "EPO OPS: free within the fair-use quota (4 GB/week)"),
     ("epo_ops", "token", 0, "EPO OPS: OAuth token requests are free"),
 ]
+# Published prompt-cache rates, micro-USD per 1M tokens: (cached input, cache write). OpenAI, xAI and
+# Gemini charge no cache write (written tokens cost the input price; Gemini's hourly cache storage is
+# not a per-call price); Anthropic's is its 5-minute write. Offline models have none: NULL, billed at
+# the input price (catalog/pricing.py). catalog migration 0003 fills the same rates into existing rows.
+CACHE_PRICES = {
+    ("openai", "gpt-4o-mini"): (75_000, 150_000),
+    ("openai", "gpt-4o"): (1_250_000, 2_500_000),
+    ("gemini", "gemini-2.5-flash"): (30_000, 300_000),
+    ("gemini", "gemini-2.5-pro"): (125_000, 1_250_000),
+    ("grok", "grok-3-mini"): (75_000, 300_000),
+    ("grok", "grok-3"): (750_000, 3_000_000),
+    ("anthropic", "claude-haiku-4-5"): (100_000, 1_250_000),
+    ("anthropic", "claude-sonnet-4-5"): (300_000, 3_750_000),
+    ("anthropic", "claude-opus-4-1"): (1_500_000, 18_750_000),
+}
 PLANS = {
     "FREE": ("Free", {"LLM1_PRIOR_ART": ["BASE_S"], "LLM3_DIAGRAM": ["BASE_M"]}),
     "PRO": (
@@ -130,6 +145,7 @@ class Command(BaseCommand):
             )
             count("tasks", c)
         for provider, model, cls, price_in, price_out, context, max_out, priority in PROVIDER_MODELS:
+            cached, write = CACHE_PRICES.get((provider, model), (None, None))
             _, c = ProviderModel.objects.get_or_create(
                 provider=provider,
                 model_name=model,
@@ -137,6 +153,8 @@ class Command(BaseCommand):
                     "model_class": classes[cls],
                     "input_price_per_mtok_micro_usd": price_in,
                     "output_price_per_mtok_micro_usd": price_out,
+                    "cached_input_price_per_mtok_micro_usd": cached,
+                    "cache_write_price_per_mtok_micro_usd": write,
                     "context_window": context,
                     "max_output_tokens": max_out,
                     "priority": priority,
