@@ -206,7 +206,8 @@ async def stream_with_fallback(
     options: GenerationOptions = NO_OPTIONS,
 ) -> AsyncIterator[str | StreamDelta]:
     """Yield text pieces (str) and, when the model calls tools, StreamDelta objects carrying the
-    tool-call pieces (their arguments count as output). Falls back only while nothing has been sent; enforces max_tokens itself
+    tool-call pieces (their arguments count as output). Falls back only while nothing has been sent;
+    enforces max_tokens itself
     too (a provider that ignores it is cut off), and meters from the provider's stream usage or,
     when it reports none, from the streamed text (flagged as estimated)."""
     deadline = time.monotonic() + settings.ROUTER_DEADLINE_SECONDS

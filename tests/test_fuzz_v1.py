@@ -161,8 +161,9 @@ def tool_conversation(draw) -> list[dict]:
     """A user turn, an assistant turn calling tools (ids drawn, maybe unanswered or answered twice),
     tool results (some for ids nobody called), and maybe a last user turn."""
     ids = draw(st.lists(call_ids, min_size=1, max_size=3, unique=True))
-    calls = [{"id": i, "type": "function", "function": {"name": draw(st.from_regex(r"[a-z_]{1,10}", fullmatch=True)),
-                                                         "arguments": draw(st.sampled_from(["{}", '{"x": 1}', "", "{"]))}}
+    names = st.from_regex(r"[a-z_]{1,10}", fullmatch=True)
+    arguments = st.sampled_from(["{}", '{"x": 1}', "", "{"])
+    calls = [{"id": i, "type": "function", "function": {"name": draw(names), "arguments": draw(arguments)}}
              for i in ids]
     answered = draw(st.lists(st.one_of(st.sampled_from(ids), call_ids), max_size=3))
     messages = [{"role": "user", "content": draw(short_text)},

@@ -8,7 +8,6 @@ from typing import Any, Protocol
 
 from llm.providers.scrub import scrub
 
-
 # --- the internal chat request ---------------------------------------------------------------------
 #
 # One request type for every front end (the OpenAI chat-completions wire in llm/openai_wire.py, the

@@ -173,7 +173,8 @@ class GeminiProvider:
             except ValueError:
                 args = {"arguments": call["function"]["arguments"]}
             parts.append(types.Part(function_call=types.FunctionCall(
-                id=call["id"], name=call["function"]["name"], args=args if isinstance(args, dict) else {"value": args})))
+                id=call["id"], name=call["function"]["name"],
+                args=args if isinstance(args, dict) else {"value": args})))
         return parts or [types.Part(text="")]
 
     @classmethod

@@ -37,8 +37,6 @@ from llm.providers.base import (
     ChatResult,
     Choice,
     GenerationOptions,
-    ToolCall,
-    ToolCallDelta,
     ProviderBadRequest,
     ProviderConnectionError,
     ProviderContentFiltered,
@@ -47,6 +45,8 @@ from llm.providers.base import (
     ProviderRateLimited,
     ProviderTimeout,
     StreamDelta,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
 from llm.providers.scrub import secret_register
