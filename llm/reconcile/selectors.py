@@ -11,9 +11,8 @@ from catalog.models import ProviderModel
 from llm.reconcile.models import ProviderReconciliation, ProviderReconciliationRow
 from metering.models import UsageDaily
 
-# UsageDaily field -> the figure it holds. The cached-token columns are wired here when the rollup
-# has them (`tokens_cached_in`: cache reads, `tokens_cache_write`: cache creation); until then the
-# ledger's side of those figures is 0.
+# figure -> the UsageDaily column that holds it (`tokens_cached_in`: prompt-cache reads,
+# `tokens_cache_write`: cache creation; both part of `tokens_in`). A column the rollup lacks reads as 0.
 LEDGER_FIELDS = {"requests": "requests", "tokens_in": "tokens_in", "tokens_cached_in": "tokens_cached_in",
                  "tokens_cache_write": "tokens_cache_write", "tokens_out": "tokens_out",
                  "cost_micro_usd": "cost_micro_usd"}
