@@ -72,8 +72,8 @@ class UsageLogSerializer(serializers.ModelSerializer):
         model = UsageLog
         fields = ["request_id", "task", "user", "feature_code", "provider", "model_name", "model_class", "tokens_in",
                   "tokens_out", "tokens_cached_in", "tokens_cache_write", "api_calls", "cost_micro_usd", "latency_ms", "status", "error_code",
-                  "enforcement_mode", "would_refuse_code", "usage_estimated", "settled_late", "max_tokens_fitted",
-                  "attempts", "admitted_at", "created_at"]
+                  "enforcement_mode", "would_refuse_code", "would_refuse", "usage_estimated", "settled_late", "max_tokens_fitted",
+                  "attempts", "api_key", "admitted_at", "created_at"]
 
     def get_attempts(self, log: UsageLog) -> list[dict]:
         # The provider's own text (even scrubbed) is for operators: it can name internal hosts.
@@ -94,11 +94,6 @@ class UsageLogFilterSerializer(serializers.Serializer):
             "key": serializers.CharField(required=False, max_length=64,
                                          help_text="API key: its id or its public prefix (gw_live_...)."),
         }
-
-    def validate_key(self, value: str) -> str:
-        if not selectors.usage_log_has_api_key():
-            raise serializers.ValidationError("The ledger does not record API keys yet.")
-        return value
 
     def validate(self, attrs: dict) -> dict:
         bounded = self.context.get("bounded", False)
@@ -128,8 +123,8 @@ class UsageLogsApi(APIView):
     def get(self, request: Request) -> Response:
         _, rows = _filtered_logs(request, bounded=False)
         paginator = PageNumberPagination()
-        page = paginator.paginate_queryset(rows.select_related("task", "user", "api_key").order_by("-admitted_at", "-id"),
-                                           request, view=self)
+        rows = rows.select_related("task", "user", "api_key").order_by("-admitted_at", "-id")
+        page = paginator.paginate_queryset(rows, request, view=self)
         return paginator.get_paginated_response(UsageLogSerializer(page, many=True).data)
 
 

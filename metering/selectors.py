@@ -147,11 +147,6 @@ def usage_logs_page(*, context: TenantContext) -> QuerySet[UsageLog]:
 USAGE_LOG_STATUSES = tuple(UsageLog.Status.values)
 
 
-def usage_log_has_api_key() -> bool:
-    """Whether the ledger records the API key of a call (the `key` filter needs it)."""
-    return any(f.name == "api_key" for f in UsageLog._meta.get_fields())
-
-
 def usage_logs_filtered(*, context: TenantContext, start: date | None = None, end: date | None = None,
                         user: str = "", task: str = "", status: str = "", model: str = "",
                         api_key: str = "") -> QuerySet[UsageLog]:
@@ -192,8 +187,7 @@ def usage_logs_export_columns() -> list[str]:
     extra = [c for c in ("tokens_cached_in", "tokens_cache_write") if c in names]
     at = columns.index("tokens_out") + 1
     columns[at:at] = extra
-    if "api_key" in names:
-        columns.insert(columns.index("user") + 1, "api_key")
+    columns.insert(columns.index("user") + 1, "api_key")
     return [*columns, "cost_usd", "failed_attempts"]
 
 
