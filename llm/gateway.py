@@ -137,5 +137,6 @@ async def _stream_events(call: MeteredCall) -> AsyncIterator[bytes]:
         yield chunk({}, state.finish_reason)
         if chat.include_usage:
             yield openai_wire.usage_chunk(chunk_id=chunk_id, created=created, model=model(),
-                                          tokens_in=outcome.tokens_in, tokens_out=outcome.tokens_out)
+                                          tokens_in=outcome.tokens_in, tokens_out=outcome.tokens_out,
+                                          cached_in=outcome.tokens_cached_in)
         yield openai_wire.DONE

@@ -415,7 +415,7 @@ def completion_body(request_id: str, model: ModelInfo, result: ChatResult, creat
         "created": created,
         "model": model.model_name,
         "choices": choices,
-        "usage": usage_body(result.usage.tokens_in, result.usage.tokens_out),
+        "usage": usage_body(result.usage.tokens_in, result.usage.tokens_out, result.usage.cached_in),
         "system_fingerprint": f"{model.provider}:{model.model_class}",
     }
 
@@ -434,8 +434,11 @@ def tool_call_deltas_body(deltas: list[ToolCallDelta]) -> list[dict[str, Any]]:
     return out
 
 
-def usage_body(tokens_in: int, tokens_out: int) -> dict[str, int]:
-    return {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
+def usage_body(tokens_in: int, tokens_out: int, cached_in: int = 0) -> dict[str, Any]:
+    """OpenAI's usage block; prompt-cache hits in `prompt_tokens_details.cached_tokens`, as OpenAI
+    reports them (whichever provider served the call)."""
+    return {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out,
+            "prompt_tokens_details": {"cached_tokens": cached_in}}
 
 
 def sse(payload: dict[str, Any]) -> bytes:
@@ -447,6 +450,7 @@ def chunk(*, chunk_id: str, created: int, model: str, delta: dict[str, Any], fin
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
 
 
-def usage_chunk(*, chunk_id: str, created: int, model: str, tokens_in: int, tokens_out: int) -> bytes:
+def usage_chunk(*, chunk_id: str, created: int, model: str, tokens_in: int, tokens_out: int,
+                cached_in: int = 0) -> bytes:
     return sse({"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [], "usage": usage_body(tokens_in, tokens_out)})
+                "choices": [], "usage": usage_body(tokens_in, tokens_out, cached_in)})
