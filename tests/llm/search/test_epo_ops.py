@@ -146,3 +146,14 @@ def test_throttling_header_parser():
     parsed = epo_ops.parse_throttling("busy (images=green:200, search=red:3)")
     assert (parsed.state, parsed.colour, parsed.per_minute) == ("busy", "red", 3)
     assert epo_ops.parse_throttling(None) is None
+
+
+def test_concurrent_searches_fetch_one_token(ops, counter):
+    async def both(client):
+        first, second = epo_ops.EpoOpsClient(client), epo_ops.EpoOpsClient(client)
+        return await asyncio.gather(*(c.search("door hinge", size=2, date_cutoff=None, external=counter,
+                                               attempts=Attempts()) for c in (first, second)))
+
+    results = asyncio.run(with_client(both))
+    assert all(results) and ops.tokens_issued == 1  # the second waited for the first one's token
+    assert {r.headers["authorization"] for r in ops.searches()} == {"Bearer ops-token-1"}
