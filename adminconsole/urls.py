@@ -1,6 +1,6 @@
 from django.urls import path
 
-from adminconsole import views
+from adminconsole import views, views_rollout
 from adminconsole import views_reconcile
 
 app_name = "adminconsole"
@@ -20,5 +20,8 @@ urlpatterns = [
     path("quota-requests/<int:request_id>/decide/", views.quota_request_decide, name="quota_request_decide"),
     path("audit/", views.audit_log, name="audit"),
     path("reports/", views.reports, name="reports"),
+    path("rollout/", views_rollout.rollout, name="rollout"),
+    path("tenants/<slug:slug>/enforcement-mode/", views_rollout.tenant_enforcement_mode,
+         name="tenant_enforcement_mode"),
     path("reconciliation/", views_reconcile.reconciliation, name="reconciliation"),
 ]

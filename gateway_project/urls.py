@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from adminconsole import apis as console_apis
+from adminconsole import apis_rollout as console_rollout_apis
 from adminconsole import sso
 from gateway_project import health
 from llm import apis as llm_apis
@@ -18,6 +19,7 @@ urlpatterns = [
     path("metrics", llm_apis.metrics_view),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/admin/rollout-report/", console_rollout_apis.RolloutReportApi.as_view(), name="admin-rollout-report"),
     path("api/", include("tenants.urls")),
     path("api/", include("metering.urls")),
     path("api/quota-requests/", console_apis.QuotaRequestsApi.as_view(), name="quota-requests"),

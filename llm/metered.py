@@ -152,7 +152,9 @@ def _admit(context: TenantContext, task_code: str, chat: ChatInput, tokens_in: i
                 now=now, api_key_id=context.api_key_id,
             )
             raise
-        if decision.would_refuse_code and not admission.would_refuse_code:
+        if decision.would_refuse:
+            # HARD refuses a per-request limit before it takes any hold: those reasons come first.
+            admission.would_refuse = [*decision.would_refuse, *admission.would_refuse]
             admission.would_refuse_code = decision.would_refuse_code
         return _Admitted(decision=decision, admission=admission, mode=mode, now=now)
     except _ACCESS_ERRORS as exc:
@@ -184,6 +186,7 @@ def _settle(admitted: _Admitted, context: TenantContext, request_id: str,
     """Settle (one database step). Returns the tokens left under the tightest token quota."""
     outcome.would_refuse_code = (admitted.admission.would_refuse_code if admitted.admission
                                  else admitted.decision.would_refuse_code)
+    outcome.would_refuse = _would_refuse(admitted)
     try:
         if admitted.admission is not None:
             log = metering.usage_settle(reservation_id=admitted.admission.reservation_id, outcome=outcome)
@@ -203,6 +206,11 @@ def _settle(admitted: _Admitted, context: TenantContext, request_id: str,
         api_key_id=context.api_key_id,
     )
     return None
+
+
+def _would_refuse(admitted: _Admitted) -> list[dict[str, Any]]:
+    """Every reason HARD would have refused this admitted call for (SHADOW/SOFT); [] in HARD."""
+    return list(admitted.admission.would_refuse if admitted.admission else admitted.decision.would_refuse)
 
 
 def candidates_for(decision: EnforcementDecision, context: TenantContext) -> list[tuple[ModelInfo, Provider]]:
@@ -282,6 +290,7 @@ class MeteredCall:
             return CallResponse(admitted.status, admitted.body,
                                 {"X-Request-ID": admitted.request_id, "Idempotent-Replayed": "true"})
         self.admitted = admitted
+        metrics.would_refuse(task=self.task_code, reasons=_would_refuse(admitted))
         self.candidates = candidates_for(admitted.decision, self.context)
         metrics.IN_FLIGHT.labels(self.task_code).inc()
         return None

@@ -23,6 +23,10 @@ COST = Counter("gateway_cost_micro_usd_total", "Cost metered in micro-USD, by ta
                ["task", "provider"])
 IN_FLIGHT = Gauge("gateway_in_flight_calls", "Calls admitted and not yet settled.", ["task"],
                   multiprocess_mode="livesum")
+# Named as the rollout runbook (issue 15) asks for it: calls SHADOW/SOFT let through that HARD would
+# have refused, once per call and code (a call over two limits of one kind counts once for that code).
+WOULD_REFUSE = Counter("would_refuse", "Calls SHADOW/SOFT let through that HARD would have refused, by refusal code "
+                       "and task.", ["code", "task"])
 FALLBACKS = Counter("gateway_fallbacks_total", "Fallbacks away from a failing provider model.",
                     ["task", "provider", "model"])
 
@@ -33,6 +37,11 @@ def provider_observed(model: ModelInfo, seconds: float, outcome: str) -> None:
 
 def fallback(task: str, model: ModelInfo) -> None:
     FALLBACKS.labels(task, model.provider, model.model_name).inc()
+
+
+def would_refuse(*, task: str, reasons: list[dict]) -> None:
+    for code in dict.fromkeys(reason["code"] for reason in reasons):
+        WOULD_REFUSE.labels(code, task).inc()
 
 
 def call_finished(*, task: str, status: str, code: str, provider: str, tokens_in: int, tokens_out: int,

@@ -134,7 +134,7 @@ def settle_pg(*, reservation_id, now, free_key: bool, outcome) -> dict | None:
         "model_class": outcome.model_class, "tokens_in": outcome.tokens_in, "tokens_out": outcome.tokens_out,
         "tokens_cached_in": outcome.tokens_cached_in, "tokens_cache_write": outcome.tokens_cache_write,
         "api_calls": outcome.api_calls, "cost": outcome.cost_micro_usd, "latency_ms": outcome.latency_ms,
-        "error_code": outcome.error_code, "would_refuse": outcome.would_refuse_code,
+        "error_code": outcome.error_code, "would_refuse": outcome.would_refuse_code, "reasons": outcome.would_refuse,
         "estimated": outcome.usage_estimated, "attempts": outcome.attempts,
         "max_tokens_fitted": outcome.max_tokens_fitted,
     }

@@ -306,6 +306,10 @@ class UsageLog(models.Model):
     would_refuse_code = models.CharField(
         max_length=64, blank=True, help_text="SHADOW/SOFT: the refusal HARD mode would have returned."
     )
+    would_refuse = models.JSONField(
+        default=list, blank=True,
+        help_text="SHADOW/SOFT: every reason HARD would have refused the call for, the one it would have "
+                  "returned first: [{code, key, rule}] (rule: the PolicyRule id).")
     usage_estimated = models.BooleanField(default=False)
     settled_late = models.BooleanField(
         default=False, help_text="Settled after its lease expired and its holds were released: charged all the same."
@@ -538,3 +542,35 @@ class UsageDigest(models.Model):
 
     def __str__(self) -> str:
         return f"digest {self.tenant_id} {self.day} {self.status}"
+
+
+class WouldRefuseDaily(models.Model):
+    """Per-day rollup of the calls SHADOW or SOFT let through that HARD would have refused (the rollout
+    report reads it, never the ledger), upserted in the transaction that writes each ledger row (both
+    holds backends). Per (tenant, day, task), each call is counted once in each of its rows: the row with
+    code "" (every such call: what switching to HARD would have refused), a row per refusal code (key "")
+    and a row per reason (code, the rule that would have refused, its key); with its tokens and cost."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="would_refuse_daily")
+    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="+")
+    day = models.DateField()
+    code = models.CharField(max_length=64, help_text='The refusal code; "" = the row that counts every call.')
+    # Not a foreign key: the report keeps naming a rule that was deleted since.
+    rule_id = models.BigIntegerField(default=0, help_text="The PolicyRule that would have refused (0: none).")
+    policy_key = models.CharField(max_length=64, blank=True, help_text='"" = the row of the code (or of every call).')
+    calls = models.BigIntegerField(default=0)
+    tokens_in = models.BigIntegerField(default=0)
+    tokens_out = models.BigIntegerField(default=0)
+    api_calls = models.BigIntegerField(default=0)
+    cost_micro_usd = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "would-refuse daily"
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "day", "task", "code", "rule_id", "policy_key"],
+                                    name="uniq_wouldrefuse_daily_reason"),
+        ]
+        indexes = [models.Index(fields=["day"], name="wouldrefusedaily_day")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.tenant_id}/{self.task_id} {self.code or 'calls'} {self.policy_key}#{self.rule_id}"

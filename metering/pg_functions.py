@@ -258,6 +258,7 @@ DECLARE
     p_latency_ms int := (p->>'latency_ms')::int;
     p_error_code text := p->>'error_code';
     p_would_refuse text := p->>'would_refuse';
+    p_reasons jsonb := COALESCE(p->'reasons', '[]'::jsonb);  -- every reason HARD would have refused for
     p_estimated boolean := (p->>'estimated')::boolean;
     p_attempts jsonb := p->'attempts';
     p_max_tokens_fitted int := (p->>'max_tokens_fitted')::int;
@@ -342,12 +343,12 @@ BEGIN
                                    model_name, model_class, tokens_in, tokens_out, tokens_cached_in,
                                    tokens_cache_write, api_calls, cost_micro_usd,
                                    latency_ms, status, error_code, enforcement_mode, would_refuse_code,
-                                   usage_estimated, attempts, settled_late, max_tokens_fitted, admitted_at,
+                                   would_refuse, usage_estimated, attempts, settled_late, max_tokens_fitted, admitted_at,
                                    created_at)
     VALUES (res.request_id, p_reservation, res.tenant_id, res.user_id, res.task_id, v_feature, p_provider,
             p_model_name, p_model_class, p_tokens_in, p_tokens_out, p_tokens_cached_in, p_tokens_cache_write,
             p_api_calls, p_cost, p_latency_ms, p_status,
-            p_error_code, res.enforcement_mode, p_would_refuse, p_estimated, p_attempts, v_late, p_max_tokens_fitted,
+            p_error_code, res.enforcement_mode, p_would_refuse, p_reasons, p_estimated, p_attempts, v_late, p_max_tokens_fitted,
             res.created_at, p_now)
     RETURNING id INTO v_log;
     IF res.api_key_id IS NOT NULL THEN  -- the ledger row of a call made with an API key names it
@@ -366,6 +367,25 @@ BEGIN
         tokens_cache_write = d.tokens_cache_write + excluded.tokens_cache_write,
         api_calls = d.api_calls + excluded.api_calls,
         cost_micro_usd = d.cost_micro_usd + excluded.cost_micro_usd;
+
+    IF jsonb_array_length(p_reasons) > 0 THEN
+        -- The would-refuse rollup (metering/rules.py would_refuse_rollup_rows), each row once: the call's
+        -- (code ''), one per code (key ''), one per reason (code, rule, key).
+        INSERT INTO metering_wouldrefusedaily AS w (tenant_id, day, task_id, code, rule_id, policy_key, calls,
+                                                    tokens_in, tokens_out, api_calls, cost_micro_usd)
+        SELECT res.tenant_id, (res.created_at AT TIME ZONE 'UTC')::date, res.task_id, r.code, r.rule_id, r.policy_key,
+               1, p_tokens_in, p_tokens_out, p_api_calls, p_cost
+        FROM (SELECT '' AS code, 0::bigint AS rule_id, '' AS policy_key
+              UNION
+              SELECT e->>'code', 0, '' FROM jsonb_array_elements(p_reasons) AS e
+              UNION
+              SELECT e->>'code', COALESCE((e->>'rule')::bigint, 0), COALESCE(e->>'key', '')
+              FROM jsonb_array_elements(p_reasons) AS e) r
+        ON CONFLICT (tenant_id, day, task_id, code, rule_id, policy_key) DO UPDATE
+        SET calls = w.calls + 1, tokens_in = w.tokens_in + excluded.tokens_in,
+            tokens_out = w.tokens_out + excluded.tokens_out, api_calls = w.api_calls + excluded.api_calls,
+            cost_micro_usd = w.cost_micro_usd + excluded.cost_micro_usd;
+    END IF;
 
     RETURN jsonb_build_object(
         'log_id', v_log, 'api_key_id', res.api_key_id, 'request_id', res.request_id, 'tenant_id', res.tenant_id, 'user_id', res.user_id,

@@ -147,6 +147,7 @@ class Limit:
     value: Any
     source: str
     task_code: str | None  # None = all tasks together (quota keys) / every task (per-request keys)
+    rule_id: int = 0  # the PolicyRule it came from (the rollout report names it)
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ class HoldSpec:
     limit: int
     amount: int
     source: str
+    rule_id: int = 0  # the PolicyRule the limit came from
 
 
 @dataclass
@@ -186,6 +188,8 @@ class EnforcementDecision:
     steps: int = 1
     warnings: list[str] = field(default_factory=list)
     would_refuse_code: str = ""  # SHADOW: the per-request refusal HARD would have returned
+    # SHADOW: every per-request refusal HARD would have returned, as {"code", "key", "rule"}.
+    would_refuse: list[dict[str, Any]] = field(default_factory=list)
 
     @staticmethod
     def refuse(code: str, message: str, status: int, task: TaskInfo | None = None,
@@ -229,7 +233,7 @@ class _Resolver:
         rule = self._best([r for r in self._by_key.get(key, ()) if r.task_id in (None, self.task.id)])
         if rule is None:
             return None
-        return Limit(key, rule.value, rule.source(), self.task.code if rule.task_id else None)
+        return Limit(key, rule.value, rule.source(), self.task.code if rule.task_id else None, rule.id)
 
     def metered(self, key: str, *, task_specific: bool, with_conditions: bool = True) -> Limit | None:
         task_id = self.task.id if task_specific else None
@@ -242,7 +246,7 @@ class _Resolver:
         if rule is None:
             return None
         value = enforced_amount(key, rule.value)
-        return Limit(key, value, rule.source(), self.task.code if task_specific else None)
+        return Limit(key, value, rule.source(), self.task.code if task_specific else None, rule.id)
 
     def _condition_met(self, rule: RuleView) -> bool:
         if not rule.when_quota_key:
@@ -431,6 +435,7 @@ def policy_evaluate(
         if mode != "SHADOW":  # a per-request safety limit: SOFT blocks it too
             return EnforcementDecision.refuse("input_too_large", message, 413, task)
         decision.would_refuse_code = "input_too_large"
+        decision.would_refuse.append({"code": "input_too_large", "key": "max_tokens_in", "rule": max_in.rule_id})
         decision.warnings.append(message)
     model_cap = min((m.max_output_tokens for m in candidates), default=None)
     max_out_limit = decision.limits.get("max_tokens_out")
@@ -459,6 +464,7 @@ def policy_evaluate(
             key=key.name, metric=key.metric, window=key.window, period_start=starts[key.window],
             user_id=context.user_id if key.subject == Subject.USER else None,
             task_id=task.id if task_specific else None, limit=int(limit.value), amount=0, source=limit.source,
+            rule_id=limit.rule_id,
         )
         for key in METERED_KEYS for task_specific in (False, True)
         if (limit := resolved.metered.get((key.name, task_specific))) is not None
@@ -479,7 +485,7 @@ def policy_evaluate(
     }
     # Positional, not dataclasses.replace: this runs for every hold of every call (replace cost ~8 us each).
     decision.holds = [HoldSpec(h.key, h.metric, h.window, h.period_start, h.user_id, h.task_id, h.limit,
-                               amounts[h.metric], h.source) for h in holds]
+                               amounts[h.metric], h.source, h.rule_id) for h in holds]
     for hold in holds:
         decision.limits[f"{hold.key}{':' + task.code if hold.task_id else ''}"] = resolved.metered[
             (hold.key, hold.task_id is not None)]

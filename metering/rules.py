@@ -52,6 +52,8 @@ class CallOutcome:
     response_status: int | None = None
     response_body: Any = None
     would_refuse_code: str = ""
+    # Every reason HARD would have refused the call for, the returned one first: {"code", "key", "rule"}.
+    would_refuse: list[dict[str, Any]] = field(default_factory=list)
     max_tokens_fitted: int | None = None  # budget fitting shrank max_tokens to this (None: it did not)
 
     def actual(self, metric: str) -> int:
@@ -92,6 +94,21 @@ def rollup_sql(metric_column: str, alias: str) -> str:
         value = f"{rule} * {alias}.requests" if isinstance(rule, int) else " + ".join(f"{alias}.{n}" for n in rule)
         branches.append(f"WHEN '{metric}' THEN {value}")
     return f"CASE {metric_column} {' '.join(branches)} ELSE 0 END"
+
+
+def would_refuse_rollup_rows(reasons: list[dict[str, Any]]) -> list[tuple[str, int, str]]:
+    """The (code, rule id, policy key) rows of the would-refuse rollup (WouldRefuseDaily) one call adds to,
+    each once: the call's row (code ""), a row per code (key ""), a row per reason (code, rule and key).
+    The PostgreSQL settlement writes the same rows (metering/pg_functions.py)."""
+    if not reasons:
+        return []
+    rows = [("", 0, "")]
+    for reason in reasons:
+        code = str(reason["code"])
+        for row in ((code, 0, ""), (code, int(reason.get("rule") or 0), str(reason.get("key") or ""))):
+            if row not in rows:
+                rows.append(row)
+    return rows
 
 
 def crossed_thresholds(*, limit: int, before: int, after: int) -> list[int]:

@@ -231,7 +231,8 @@ def _replay_one(record: dict) -> int:
         tokens_cached_in=outcome.tokens_cached_in, tokens_cache_write=outcome.tokens_cache_write,
         cost_micro_usd=outcome.cost_micro_usd, latency_ms=outcome.latency_ms, status=outcome.status,
         error_code=outcome.error_code, enforcement_mode=record["mode"],
-        would_refuse_code=record["would_refuse_code"], usage_estimated=outcome.usage_estimated,
+        would_refuse_code=record["would_refuse_code"], would_refuse=outcome.would_refuse,
+        usage_estimated=outcome.usage_estimated,
         attempts=outcome.attempts, max_tokens_fitted=outcome.max_tokens_fitted, admitted_at=admitted_at,
         created_at=admitted_at,
     )

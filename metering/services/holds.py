@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -50,6 +50,8 @@ class Admission:
     enforcement_mode: str
     would_refuse_code: str = ""
     would_refuse_message: str = ""
+    # Every crossed limit HARD would have refused for, the one it would have returned first.
+    would_refuse: list[dict] = field(default_factory=list)
 
 
 def _meter_key(tenant_id: int, hold: HoldSpec) -> tuple:
@@ -145,6 +147,17 @@ def _refusal(holds: list[HoldSpec], failed: list[int], failed_usage: dict[int, t
     raise AssertionError("no failed hold")  # pragma: no cover
 
 
+def _reasons(holds: list[HoldSpec], failed: list[int], *, first: HoldSpec) -> list[dict]:
+    """Every crossed limit as {"code", "key", "rule"}: the one HARD returns first, then the others in
+    refusal order (quotas, concurrency, rates)."""
+    def code(hold: HoldSpec) -> str:
+        return REFUSAL_BY_KIND[POLICY_KEYS[hold.key].kind]
+
+    ordered = sorted((holds[i] for i in failed),
+                     key=lambda h: (h is not first, REFUSAL_ORDER.index(POLICY_KEYS[h.key].kind)))
+    return [{"code": code(h), "key": h.key, "rule": h.rule_id} for h in ordered]
+
+
 def _refusal_alerts(*, tenant_id: int, holds: list[HoldSpec], result: AdmitResult) -> None:
     """A quota's first refusal (SHADOW and SOFT: the first HARD would have made) raises its
     QUOTA_EXCEEDED alert, once per meter and period. Worst-case holds refuse before `used` reaches
@@ -198,10 +211,11 @@ def usage_admit(
                           enforcement_mode=mode)
     if result.failed:
         _refusal_alerts(tenant_id=tenant_id, holds=holds, result=result)
-        code, message, retry_after, _hold = _refusal(holds, result.failed, result.failed_usage, decision, now)
+        code, message, retry_after, hold = _refusal(holds, result.failed, result.failed_usage, decision, now)
         if result.status == "refused":
             raise TooManyRequests(message, code=code, retry_after=retry_after)
         admission.would_refuse_code, admission.would_refuse_message = code, message
+        admission.would_refuse = _reasons(holds, result.failed, first=hold)
     return admission
 
 

@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from django.db import connection, transaction
 from django.db.models import Count, F, Sum
 
-from metering.models import Metric, UsageDaily, UsageHold, UsageLog, UsageMeter, UsageReservation
+from metering.models import Metric, UsageDaily, UsageHold, UsageLog, UsageMeter, UsageReservation, WouldRefuseDaily
+from metering.rules import would_refuse_rollup_rows
 
 logger = logging.getLogger("gateway.metering")
 
@@ -35,6 +36,33 @@ def usage_daily_add(log: UsageLog) -> None:
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) "
             f"ON CONFLICT (tenant_id, user_id, task_id, model_name, day) DO UPDATE SET {updates}",
             values,
+        )
+    would_refuse_daily_add(log)
+
+
+_WOULD_REFUSE_SUMS = ("calls", "tokens_in", "tokens_out", "api_calls", "cost_micro_usd")
+
+
+def would_refuse_daily_add(log: UsageLog) -> None:
+    """A call SHADOW/SOFT let through that HARD would have refused: add it to the would-refuse rollup,
+    once in the row that counts calls and once per reason (metering/rules.py would_refuse_rollup_rows).
+    One upsert, in the transaction that wrote the ledger row; nothing for any other call."""
+    rows = would_refuse_rollup_rows(log.would_refuse or [])
+    if not rows:
+        return
+    table = connection.ops.quote_name(WouldRefuseDaily._meta.db_table)
+    day = connection.ops.adapt_datefield_value(log.admitted_at.astimezone(UTC).date())
+    columns = ("tenant_id", "day", "task_id", "code", "rule_id", "policy_key", *_WOULD_REFUSE_SUMS)
+    params = [value for code, rule_id, key in rows for value in (
+        log.tenant_id, day, log.task_id, code, rule_id, key, 1, log.tokens_in, log.tokens_out, log.api_calls,
+        log.cost_micro_usd)]
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in _WOULD_REFUSE_SUMS)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * len(rows))} "
+            f"ON CONFLICT (tenant_id, day, task_id, code, rule_id, policy_key) DO UPDATE SET {updates}",
+            params,
         )
 
 

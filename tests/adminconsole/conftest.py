@@ -18,6 +18,7 @@ CONSOLE_PAGES = [
     "/console/quota-requests/",
     "/console/audit/",
     "/console/reports/",
+    "/console/rollout/",
     "/console/reconciliation/",
 ]
 

@@ -174,6 +174,37 @@ def test_quota_request_approval_through_the_ui(page, live_server, root, tenant_a
     shot(page, "quota-request-approved")
 
 
+def test_rollout_report_and_the_switch_to_hard_through_the_ui(page, live_server, root, tenant_admin, member):
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tenants.models import Tenant
+    from tests.metering.test_rollout import chat, shadow_traffic
+
+    def off_loop(fn, *args):  # /v1 calls run async_to_sync: not in this thread, where Playwright's loop runs
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(fn, *args).result()
+
+    off_loop(shadow_traffic, tenant_admin, member)
+    slug = tenant_admin.tenant.slug
+    login(page, live_server.url, "root-admin", "/console/rollout/")
+    assert "Switching to HARD would have refused 3 calls" in page.locator("#rollout-total-summary").inner_text()
+    row = page.locator(f'#rollout-tenants tr[data-tenant="{slug}"]')
+    assert "SHADOW" in row.inner_text() and "quota_exceeded 3" in row.inner_text()
+    assert page.locator("#rollout-total table.rollout-by-rule tr").count() == 4  # header + three rules
+    shot(page, "rollout")
+    page.goto(f"{live_server.url}/console/tenants/{slug}/")
+    panel = page.locator("#rollout")
+    assert "would have refused 3 calls" in panel.locator("#rollout-summary").inner_text()
+    panel.locator('button[data-mode="HARD"]').click()
+    page.wait_for_load_state()
+    assert f"Tenant {slug} is now in HARD" in page.locator(".messages .success").inner_text()
+    assert page.locator("#rollout-mode").inner_text() == "HARD"
+    assert Tenant.objects.get(slug=slug).enforcement_mode == "HARD"
+    shot(page, "rollout-tenant-switched")
+    assert off_loop(chat, member).status_code == 429  # HARD refuses what the report said it would
+
+
 def test_live_pages_update_themselves_without_a_reload(page, live_server, root, tenant_admin, settings):
     """New usage shows up on the overview and the tenant page by polling, with no page load in between."""
     import json
