@@ -1,4 +1,5 @@
-"""Pure-ASGI fast path for the metered API: POST /v1/{TASK}/chat/completions and GET /v1/{TASK}/models.
+"""Pure-ASGI fast path for the metered API: POST /v1/{TASK}/chat/completions, GET /v1/{TASK}/models and
+Anthropic's Messages API, POST /v1/{TASK}/v1/messages and /v1/{TASK}/messages (llm/anthropic_messages.py).
 
 Django's ASGI handler costs about 5 ms per request on the benchmark machine before the view runs:
 every `MiddlewareMixin` middleware hops through `sync_to_async`, a thread-sensitive context is set
@@ -36,7 +37,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.http.request import split_domain_port, validate_host
 
 from gateway_project.errors import BadRequest, internal_error_payload
-from llm import apis
+from llm import anthropic_messages, apis
 
 logger = logging.getLogger("gateway.llm.asgi")
 
@@ -46,8 +47,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 T = TypeVar("T")
 
-_ROUTE = re.compile(r"/v1/(?P<task>[^/]+)/(?P<endpoint>chat/completions|models)")
-_METHODS = {"chat/completions": "POST", "models": "GET"}
+_ROUTE = re.compile(r"/v1/(?P<task>[^/]+)/(?P<endpoint>chat/completions|models|v1/messages|messages)")
+_METHODS = {"chat/completions": "POST", "models": "GET", "v1/messages": "POST", "messages": "POST"}
 _JSON = [(b"content-type", b"application/json")]
 _SSE = [(b"content-type", b"text/event-stream")]
 
@@ -66,7 +67,7 @@ REVIEWED_MIDDLEWARE = (
     # before any view (those go to Django: `_common_middleware_answers`); APPEND_SLASH only redirects paths
     # that match no route, and these routes match exactly; Content-Length on whole bodies: `_send_json`.
     "django.middleware.common.CommonMiddleware",
-    # The chat view is csrf_exempt (bearer tokens, no cookies) and models is a GET; no CSRF cookie is
+    # The chat and messages views are csrf_exempt (bearer or x-api-key, no cookies), models is a GET; no CSRF cookie is
     # set because no CSRF token is asked for: nothing to do.
     "django.middleware.csrf.CsrfViewMiddleware",
     # request.user from the session, lazily; the endpoints authenticate the bearer token themselves
@@ -140,10 +141,16 @@ async def _serve(scope: Scope, receive: Receive, send: Send, headers: dict[str, 
         except ClientDisconnected:
             return
         if body is None:
-            await _send_json(send, scope, headers, apis.request_too_large())
+            too_large = apis.request_too_large() if endpoint == "chat/completions" else (
+                anthropic_messages.request_too_large())
+            await _send_json(send, scope, headers, too_large)
             return
-        result = await _cancelled_on_disconnect(
-            apis.chat_completions_endpoint(method="POST", headers=headers, body=body, task_code=task_code), receive)
+        if endpoint == "chat/completions":
+            serving = apis.chat_completions_endpoint(method="POST", headers=headers, body=body, task_code=task_code)
+        else:  # Anthropic's Messages API (llm/anthropic_messages.py), the same metered pipeline
+            serving = anthropic_messages.messages_endpoint(method="POST", headers=headers, body=body,
+                                                           task_code=task_code)
+        result = await _cancelled_on_disconnect(serving, receive)
     if result is None:
         return  # the client went away; the pipeline settled the call as cancelled
     if result.events is None:
