@@ -92,7 +92,8 @@ def test_usage_report_csv_and_table(generated):
     rows = list(csv.DictReader(io.StringIO(run("usage_report", "--tenant", generated.slug, "--from", start,
                                                "--to", end, "--format", "csv"))))
     assert rows and set(rows[0]) == {"task", "requests", "refused", "tokens_in", "tokens_out", "total_tokens",
-                                     "api_calls", "cost_micro_usd", "cost_usd"}
+                                     "tokens_cached_in", "tokens_cache_write", "api_calls", "cost_micro_usd",
+                                     "cost_usd"}
     table = run("usage_report", "--tenant", generated.slug, "--from", start, "--to", end, "--group-by", "day")
     assert f"Usage of {generated.slug}" in table and "TOTAL" in table
     empty = run("usage_report", "--tenant", generated.slug, "--from", "2001-01-01", "--to", "2001-01-31")
