@@ -518,8 +518,6 @@ def _health_stats(*, now: datetime, window: str) -> tuple[dict[tuple[str, str], 
             entry.errors += 1
         elif status == UsageLog.Status.SUCCESS:
             entry.latencies.append(max(0, latency_ms - sum(int(a.get("latency_ms") or 0) for a in failed)))
-    models = provider_models_active()
-    shared = router.shared_snapshot(models)
     return stats, len(rows)
 
 
@@ -548,6 +546,8 @@ def provider_health(*, now: datetime, window: str = "1h") -> dict[str, Any]:
             stats[(provider, model)] = ModelHealthRow(provider=provider, model_name=model, latencies=[])
         return stats[(provider, model)]
 
+    models = provider_models_active()
+    shared = router.shared_snapshot(models)
     clock = time.time()
     for info in models:
         entry = row_for(info.provider, info.model_name)

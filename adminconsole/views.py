@@ -100,6 +100,8 @@ def _usage_charts(*, granularity: str, now: datetime, tenant_id: int | None, dai
     rollup) or per hour (48 hours, see selectors.hourly_by)."""
     if granularity == "hour":
         slots, cells = selectors.hourly_cached(now=now, field=field, tenant_id=tenant_id)
+        if field == "user_id":  # the same top users as the daily chart, not a line per user
+            cells = {k: v for k, v in cells.items() if k[1] in names}
         labels, x_label, span = _hour_labels(slots), "hour (UTC)", "hour"
     else:
         slots, cells = daily["days"], daily[f"by_{field.removesuffix('_id')}"]
