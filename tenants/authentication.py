@@ -3,7 +3,8 @@
 - `Authorization: Bearer <jwt>`: the gateway's own access token, or (when configured) one of the
   product's identity service (tenants/external_jwt.py);
 - `Authorization: Bearer gw_live_...` or `x-api-key: gw_live_...` (the Anthropic SDK's header): an API
-  key. A service key may name the acting user with `X-Gateway-User`; nothing else may.
+  key (the x-api-key header may carry an access token too). A service key may name the acting user with
+  `X-Gateway-User`; nothing else may.
 """
 
 from __future__ import annotations
@@ -47,10 +48,9 @@ def credential(headers: Mapping[str, str]) -> Credential | None:
             raise AuthenticationFailed("Send an access token or API key as 'Authorization: Bearer <token>'.",
                                        code="not_authenticated")
     elif x_api_key:
+        # The Anthropic SDK sends its `api_key` here: a gateway API key, or an access token (issue 13 §3:
+        # the credential in either header).
         raw = x_api_key
-        if api_key_parse(raw) is None:
-            raise AuthenticationFailed("x-api-key takes a gateway API key (gw_live_...); send access tokens as "
-                                       "'Authorization: Bearer <token>'.", code="api_key_invalid")
     else:
         return None
     parsed = api_key_parse(raw)
@@ -120,5 +120,5 @@ class TenantJWTAuthentication(JWTAuthentication):
         elif found.kind == "external":
             context = context_from_external(found.raw)
         else:
-            context = context_from_token(self.get_validated_token(raw_token))
+            context = context_from_token(self.get_validated_token(found.raw.encode()))
         return context.user, context

@@ -69,7 +69,7 @@ def test_wrong_or_unknown_keys_are_401(tenant_admin):
     key = create(tenant_admin).json()["key"]
     assert_error(key_client(key[:-2] + "xx").get(ME), 401, "api_key_invalid")
     assert_error(key_client("gw_live_000000000000_nothing").get(ME), 401, "api_key_invalid")
-    assert_error(key_client("not-a-key", header="x-api-key").get(ME), 401, "api_key_invalid")
+    assert_error(key_client("not-a-key", header="x-api-key").get(ME), 401, "token_not_valid")
 
 
 def test_members_get_403_and_other_tenants_keys_are_404(tenant_admin, member, outsider):
