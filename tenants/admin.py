@@ -1,4 +1,4 @@
-"""Django Admin for who buys: users, tenants and ATI tokens.
+"""Django Admin for who buys: users, tenants, ATI tokens and API keys.
 
 Every write goes through `tenants.services`: issuing and revoking ATI tokens, signing a tenant up,
 suspending / activating, signing a user out everywhere, and the change forms' plain edits and
@@ -30,7 +30,7 @@ from catalog.models import Plan
 from gateway_project.errors import GatewayError
 from tenants import services
 from tenants.audit import AuditEvent, AuditSource
-from tenants.models import ATIToken, Tenant, User
+from tenants.models import ApiKey, ATIToken, Tenant, User
 
 
 def plan_choices(current: str | None = None) -> list[tuple[str, str]]:
@@ -518,6 +518,90 @@ class ATITokenAdmin(admin.ModelAdmin):
             self.message_user(request, f"Revoked {len(revoked)} ATI token(s): {', '.join(revoked)}.", messages.SUCCESS)
         else:
             self.message_user(request, "No active token among the selection: nothing to revoke.", messages.WARNING)
+
+
+# ----------------------------------------------------------------------------------------- API keys
+
+
+class ApiKeyCreateForm(forms.ModelForm):
+    """Creating goes through `services.api_key_create`: the key is generated there and shown once."""
+
+    allowed_tasks = forms.CharField(required=False, help_text="Comma-separated task codes; empty = every task.")
+    allowed_model_classes = forms.CharField(required=False,
+                                            help_text="Comma-separated model class codes; empty = the plan's.")
+
+    class Meta:
+        model = ApiKey
+        fields = ["tenant", "user", "name", "allowed_tasks", "allowed_model_classes", "expires_at", "limits"]
+
+
+class ApiKeyChangeForm(forms.ModelForm):
+    class Meta:
+        model = ApiKey
+        fields = ["limits"]
+
+
+def _codes(value: str) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys are created, given a new budget and revoked through the services (audited, effective on the
+    key's next request everywhere); the secret is in the success message once and never stored."""
+
+    list_display = ["name", "prefix", "tenant", "user", "status", "expires_at", "last_used_at", "created_at"]
+    list_filter = ["revoked_at"]
+    list_select_related = ["tenant", "user"]
+    search_fields = ["name", "public_id", "tenant__slug", "user__username"]
+    actions = ["revoke_keys"]
+    form = ApiKeyChangeForm
+    readonly_fields = ["tenant", "user", "name", "prefix", "allowed_tasks", "allowed_model_classes", "expires_at",
+                       "revoked_at", "last_used_at", "created_by", "created_at"]
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = ApiKeyCreateForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else self.readonly_fields
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ApiKeyCreateForm._meta.fields
+        return [*self.readonly_fields, "limits"]
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # the ledger points at keys: revoke instead
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        if change:
+            services.api_key_limits_set(api_key=obj, limits=data.get("limits") or {})
+            return
+        try:
+            issued = services.api_key_create(
+                tenant=data["tenant"], user=data.get("user"), name=data["name"],
+                allowed_tasks=_codes(data.get("allowed_tasks")),
+                allowed_model_classes=_codes(data.get("allowed_model_classes")),
+                expires_at=data.get("expires_at"), limits=data.get("limits") or {}, actor=request.user,
+            )
+        except GatewayError as exc:
+            raise ValidationError(exc.message) from None
+        obj.pk = issued.api_key.pk
+        obj.refresh_from_db()
+        obj._state.adding = False
+        messages.success(request, f"API key {issued.api_key.prefix} created. It is shown only this once; copy it "
+                                  f"now: {issued.secret}")
+
+    @admin.action(description="Revoke selected API keys (refused from their next request on)",
+                  permissions=["change"])
+    def revoke_keys(self, request, queryset):
+        keys = list(queryset.filter(revoked_at__isnull=True).order_by("pk"))
+        for key in keys:
+            services.api_key_revoke(api_key=key, actor=request.user)
+        self.message_user(request, f"Revoked {len(keys)} API key(s).", messages.SUCCESS if keys else messages.WARNING)
 
 
 # ------------------------------------------------------------------------------------- audit trail

@@ -198,3 +198,25 @@ def test_a_keys_own_budget_is_validated_by_the_policy_registry(tenant_admin, out
 
     with pytest.raises(PolicyValueError):
         validate_value("key_tokens_per_day", 10)
+
+
+def test_django_admin_creates_a_key_shown_once_and_revokes_it(admin_client, tenant_admin):
+    from django.urls import reverse
+
+    add = reverse("admin:tenants_apikey_add")
+    response = admin_client.post(add, {"tenant": tenant_admin.tenant.pk, "user": "", "name": "from admin",
+                                       "allowed_tasks": "LLM2_DRAFT", "allowed_model_classes": "",
+                                       "expires_at": "", "limits": '{"key_tokens_per_day": 1000}'}, follow=True)
+    assert response.status_code == 200
+    shown = [str(m) for m in response.context["messages"]]
+    key = ApiKey.objects.get(name="from admin")
+    assert key.allowed_tasks == ["LLM2_DRAFT"] and key.limits == {"key_tokens_per_day": 1000}
+    secret = next(part for m in shown for part in m.split() if part.startswith("gw_live_") and "_" in part[8:])
+    assert key_client(secret).get(ME).status_code == 200
+    page = admin_client.get(reverse("admin:tenants_apikey_change", args=[key.pk]))
+    assert secret not in page.content.decode() and key.secret_hash not in page.content.decode()
+    changelist = reverse("admin:tenants_apikey_changelist")
+    admin_client.post(changelist, {"action": "revoke_keys", "_selected_action": [key.pk]})
+    key.refresh_from_db()
+    assert key.revoked_at is not None
+    assert AuditEvent.objects.filter(action="api_key.revoke", object_id=str(key.pk)).exists()
