@@ -120,7 +120,8 @@ class RolloutReportApi(APIView):
     authentication_classes = [SessionAuthentication, TenantJWTAuthentication]
     permission_classes = [IsStaffSession]
 
-    @extend_schema(parameters=[RolloutFilterSerializer], responses=RolloutReportSerializer)
+    @extend_schema(operation_id="admin_rollout_report", parameters=[RolloutFilterSerializer],
+                   responses=RolloutReportSerializer)
     def get(self, request: Request) -> Response:
         data = RolloutFilterSerializer(data=request.query_params.dict())
         data.is_valid(raise_exception=True)
