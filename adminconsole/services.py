@@ -17,10 +17,12 @@ from adminconsole.models import QuotaRequest
 from catalog.models import Feature, ModelClass, Plan, PlanFeature, PlanLLMAccess, Task
 from catalog.selectors import catalog_cache_invalidate
 from gateway_project.errors import BadRequest, Conflict, NotFound
-from metering.models import Notification, PolicyRule
+from metering.alerts.models import Notification
+from metering.models import PolicyRule
 from metering.policy import policy_cache_invalidate
 from metering.policy_keys import PolicyValueError, get_key, validate_value
-from metering.services import policy_rule_set, policy_rule_snapshot
+from metering.services import policy_rule_delete as metering_policy_rule_delete
+from metering.services import policy_rule_set
 from tenants.audit import AuditSource, audit_record
 from tenants.models import Tenant, User
 
@@ -99,14 +101,11 @@ def policy_rule_value_set(*, rule_id: int, scope: str, subject_id: int, value: A
 @transaction.atomic
 def policy_rule_delete(*, rule_id: int, scope: str, subject_id: int, actor: User | None = None,
                        source: str = AuditSource.CONSOLE) -> None:
-    """Delete a TENANT or PLAN rule of the given subject (a rule of another subject is a 404)."""
-    rule = _subject_rule(rule_id=rule_id, scope=scope, subject_id=subject_id, lock=True)
-    before = policy_rule_snapshot(rule)
-    tenant_id = rule.tenant_id
-    rule.delete()
-    audit_record(action="policy_rule.delete", object_type="policy_rule", object_id=rule_id, tenant=tenant_id,
-                 before=before, actor=actor, source=source)
-    transaction.on_commit(policy_cache_invalidate)
+    """Delete a TENANT or PLAN rule of the given subject (a rule of another subject is a 404), through
+    the policy-rule service (audited, policy cache dropped on commit)."""
+    subject_field = {PolicyRule.Scope.TENANT: "tenant_id", PolicyRule.Scope.PLAN: "plan_id"}[scope]
+    metering_policy_rule_delete(rule_id=rule_id, where={"scope": scope, subject_field: subject_id}, actor=actor,
+                                source=source)
 
 
 # --------------------------------------------------------------------------------------- plan matrix

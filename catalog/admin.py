@@ -12,6 +12,7 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils.html import format_html_join
 
+from catalog.changes import catalog_change_record, catalog_row_snapshot
 from catalog.models import (
     Feature,
     ModelClass,
@@ -22,7 +23,6 @@ from catalog.models import (
     SearchSourcePrice,
     Task,
 )
-from catalog.changes import catalog_change_record, catalog_row_snapshot
 from catalog.selectors import catalog_cache_invalidate
 
 

@@ -7,7 +7,8 @@ import uuid
 from django.db import connection
 
 from catalog.models import Task
-from metering.models import QuotaAlert, UsageDaily, UsageHold, UsageLog, UsageMeter, UsageReservation
+from metering.alerts.models import QuotaAlert
+from metering.models import UsageDaily, UsageHold, UsageLog, UsageMeter, UsageReservation
 from metering.services import policy_rule_set
 from tenants import services as tenant_services
 from tenants.models import Tenant, User

@@ -1,6 +1,7 @@
 from django.urls import path
 
-from metering import apis, apis_alerts
+from metering import apis
+from metering.alerts import apis as apis_alerts
 
 urlpatterns = [
     path("limits/", apis.LimitsApi.as_view(), name="limits"),

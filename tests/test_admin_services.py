@@ -223,7 +223,7 @@ def test_catalog_edits_in_the_admin_are_audited(admin_client, admin_user, catalo
             "output_price_per_mtok_micro_usd": model.output_price_per_mtok_micro_usd or 0,
             "context_window": model.context_window, "max_output_tokens": model.max_output_tokens}
     page = admin_client.get(admin_url(ProviderModel, "change", model.pk))
-    for name, field in page.context["adminform"].form.fields.items():
+    for name in page.context["adminform"].form.fields:
         if name not in data:
             value = page.context["adminform"].form.initial.get(name)
             if isinstance(value, bool):

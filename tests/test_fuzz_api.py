@@ -23,7 +23,7 @@ from rest_framework import serializers
 from rest_framework.test import APIClient
 
 from catalog.models import Task
-from metering.models import AlertChannel, Notification
+from metering.alerts.models import AlertChannel, Notification
 from metering.policy_keys import POLICY_KEYS
 from tenants import services as tenant_services
 from tenants.models import User

@@ -7,7 +7,8 @@ from typing import Any
 
 from django.db.models import Count, Q, QuerySet, Sum
 
-from metering.models import AlertChannel, AlertDelivery, Notification, QuotaAlert, UsageLog
+from metering.alerts.models import AlertChannel, AlertDelivery, Notification, QuotaAlert
+from metering.models import UsageLog
 from tenants.models import Tenant, User
 
 

@@ -28,8 +28,10 @@ from metering.alerts.crypto import (
     secret_generate,
     secret_reencrypt,
 )
+from metering.alerts.models import AlertChannel, AlertDelivery, Notification, QuotaAlert, UsageDigest
 from metering.dispatch import task_enqueue
-from metering.models import AlertChannel, AlertDelivery, Metric, Notification, QuotaAlert, UsageDigest
+from metering.models import Metric
+from tenants.audit import audit_record, changed_fields
 
 logger = logging.getLogger("gateway.alerts")
 
@@ -66,9 +68,23 @@ def _name_clean(name: str) -> str:
     return name
 
 
+def _channel_snapshot(channel: AlertChannel) -> dict:
+    """What the audit log shows of a channel: never its signing secret, only whether it has one."""
+    return {"kind": channel.kind, "name": channel.name, "target": channel.target, "is_active": channel.is_active,
+            "signed": bool(channel.secret_encrypted)}
+
+
+def _channel_audit(action: str, channel: AlertChannel, before: dict | None, after: dict | None, *,
+                   actor=None, source: str | None = None, channel_id: int | None = None) -> None:
+    audit_record(action=action, object_type="alert_channel", object_id=channel_id or channel.pk,
+                 tenant=channel.tenant_id, before=before, after=after, actor=actor, source=source)
+
+
 @transaction.atomic
-def alert_channel_create(*, tenant_id: int, kind: str, name: str, target: str = "") -> tuple[AlertChannel, str | None]:
-    """Create a channel. A webhook gets a generated signing secret, returned here once and never again."""
+def alert_channel_create(*, tenant_id: int, kind: str, name: str, target: str = "", actor=None,
+                         source: str | None = None) -> tuple[AlertChannel, str | None]:
+    """Create a channel. A webhook gets a generated signing secret, returned here once and never again.
+    Every channel write is audited (`actor` / `source`: see tenants.audit)."""
     if kind not in Kind.values:
         raise BadRequest(f"Unknown channel kind '{kind}'.", code="invalid_kind")
     name, target = _name_clean(name), _target_clean(kind, target)
@@ -79,13 +95,17 @@ def alert_channel_create(*, tenant_id: int, kind: str, name: str, target: str = 
                                                   secret_encrypted=secret_encrypt(secret) if secret else "")
     except IntegrityError:
         raise Conflict(f"A channel named '{name}' already exists.", code="alert_channel_exists") from None
+    _channel_audit("alert_channel.create", channel, None, _channel_snapshot(channel), actor=actor, source=source)
     return channel, secret
 
 
 @transaction.atomic
 def alert_channel_update(*, channel: AlertChannel, name: str | None = None, target: str | None = None,
-                         is_active: bool | None = None) -> AlertChannel:
+                         is_active: bool | None = None, disabled_reason: str = "Deactivated by a tenant admin.",
+                         actor=None, source: str | None = None) -> AlertChannel:
     """Rename, retarget, deactivate or re-enable. Re-enabling clears the failure count and the reason."""
+    stored = AlertChannel.objects.filter(pk=channel.pk).first()
+    before = _channel_snapshot(stored) if stored is not None else None
     if name is not None:
         channel.name = _name_clean(name)
     if target is not None:
@@ -95,27 +115,37 @@ def alert_channel_update(*, channel: AlertChannel, name: str | None = None, targ
         if is_active:
             channel.consecutive_failures, channel.disabled_reason, channel.disabled_at = 0, "", None
         else:
-            channel.disabled_reason, channel.disabled_at = "Deactivated by a tenant admin.", timezone.now()
+            channel.disabled_reason, channel.disabled_at = disabled_reason, timezone.now()
     try:
         with transaction.atomic():
             channel.save()
     except IntegrityError:
         raise Conflict(f"A channel named '{channel.name}' already exists.", code="alert_channel_exists") from None
+    old, new = changed_fields(before, _channel_snapshot(channel))
+    if old or new:
+        action = "alert_channel.update"
+        if set(new) == {"is_active"}:
+            action = "alert_channel.activate" if new["is_active"] else "alert_channel.deactivate"
+        _channel_audit(action, channel, old, new, actor=actor, source=source)
     return channel
 
 
-def alert_channel_delete(*, channel: AlertChannel) -> None:
+@transaction.atomic
+def alert_channel_delete(*, channel: AlertChannel, actor=None, source: str | None = None) -> None:
+    channel_id, before = channel.pk, _channel_snapshot(channel)
     channel.delete()  # its delivery log goes with it
+    _channel_audit("alert_channel.delete", channel, before, None, actor=actor, source=source, channel_id=channel_id)
 
 
 @transaction.atomic
-def alert_channel_secret_rotate(*, channel: AlertChannel) -> str:
+def alert_channel_secret_rotate(*, channel: AlertChannel, actor=None, source: str | None = None) -> str:
     """A new signing secret for a webhook channel, returned once. The old one stops working at once."""
     if channel.kind != Kind.WEBHOOK:
         raise BadRequest("Only webhook channels have a signing secret.", code="no_secret")
     secret = secret_generate()
     channel.secret_encrypted = secret_encrypt(secret)
     channel.save(update_fields=["secret_encrypted", "updated_at"])
+    _channel_audit("alert_channel.secret_rotate", channel, None, None, actor=actor, source=source)
     return secret
 
 
@@ -340,6 +370,7 @@ def _channel_disable(*, channel_id: int, failures: int, last_error: str, now: da
         channel_id=channel_id, status__in=[Status.PENDING, Status.FAILED, Status.SENDING]
     ).update(status=Status.DEAD, next_attempt_at=None, last_error="The channel was disabled.", updated_at=now)
     channel = AlertChannel.objects.get(pk=channel_id)
+    _channel_audit("alert_channel.disable", channel, {"is_active": True}, {"is_active": False, "reason": reason})
     Notification.objects.bulk_create([
         Notification(tenant_id=channel.tenant_id, user_id=user_id, kind=CHANNEL_DISABLED_KIND,
                      title=f"Alert channel '{channel.name}' was disabled", body=reason)

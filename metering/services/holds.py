@@ -23,7 +23,8 @@ from django.utils import timezone
 from gateway_project.errors import Conflict, TooManyRequests
 from metering import meter_sql
 from metering.meter_start import meters_create
-from metering.models import Metric, QuotaAlert, UsageHold, UsageLog, UsageMeter, UsageReservation, Window
+from metering.alerts.models import QuotaAlert
+from metering.models import Metric, UsageHold, UsageLog, UsageMeter, UsageReservation, Window
 from metering.periods import seconds_until_reset
 from metering.policy import EnforcementDecision, HoldSpec, policy_setting
 from metering.policy_keys import POLICY_KEYS, KeyKind

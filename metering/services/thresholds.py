@@ -9,7 +9,8 @@ from datetime import datetime
 from django.db import IntegrityError, transaction
 
 from metering.dispatch import task_enqueue_on_commit
-from metering.models import Metric, QuotaAlert, UsageHold, Window
+from metering.alerts.models import QuotaAlert
+from metering.models import Metric, UsageHold, Window
 from metering.periods import period_start
 from metering.policy import HoldSpec
 from metering.policy_keys import POLICY_KEYS, KeyKind

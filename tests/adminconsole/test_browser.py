@@ -16,7 +16,8 @@ from django.conf import settings
 from django.core.management import call_command
 
 from adminconsole.models import QuotaRequest
-from metering.models import Notification, PolicyRule
+from metering.alerts.models import Notification
+from metering.models import PolicyRule
 from tests.adminconsole.conftest import CONSOLE_PAGES
 from tests.conftest import PASSWORD
 

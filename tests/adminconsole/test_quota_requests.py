@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from adminconsole.models import QuotaRequest
-from metering.models import Notification, PolicyRule
+from metering.alerts.models import Notification
+from metering.models import PolicyRule
 from tenants.audit import AuditEvent
 from tests.adminconsole.conftest import messages_of
 from tests.conftest import assert_error

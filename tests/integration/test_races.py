@@ -17,7 +17,8 @@ from django.utils import timezone
 
 from catalog.models import Task
 from llm.tokenizer import messages_tokens
-from metering.models import QuotaAlert, UsageLog, UsageMeter, UsageReservation
+from metering.alerts.models import QuotaAlert
+from metering.models import UsageLog, UsageMeter, UsageReservation
 from metering.services import meters_reconcile, policy_rule_set, reservations_expire
 from metering.spool import spool_pending, spool_replay
 from tenants.services import tenant_set_enforcement_mode

@@ -26,7 +26,8 @@ from django.utils import timezone
 from catalog.models import Task
 from gateway_project.errors import TooManyRequests
 from metering import selectors, services, spool
-from metering.models import Notification, QuotaAlert, UsageDaily, UsageHold, UsageLog, UsageMeter, UsageReservation
+from metering.alerts.models import Notification, QuotaAlert
+from metering.models import UsageDaily, UsageHold, UsageLog, UsageMeter, UsageReservation
 from metering.policy import EnforcementDecision, HoldSpec, policy_cache_invalidate, policy_evaluate
 from metering.policy_keys import POLICY_KEYS
 from metering.services.backends import holds_backend

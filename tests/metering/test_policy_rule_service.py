@@ -20,7 +20,8 @@ from tenants.selectors import identity_resolve
 def _max_out(user) -> int | None:
     tenant = user.tenant
     context = identity_resolve(user_id=user.pk, tenant_id=tenant.pk, ati_id=tenant.signup_ati_token_id)
-    found = {(x.key, x.task_code): x.value for x in effective_limits(context=context, task_code="LLM2_DRAFT", now=timezone.now())}
+    limits = effective_limits(context=context, task_code="LLM2_DRAFT", now=timezone.now())
+    found = {(x.key, x.task_code): x.value for x in limits}
     return found.get(("max_tokens_out", None))
 
 

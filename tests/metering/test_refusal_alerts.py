@@ -16,7 +16,8 @@ import metering.tasks  # noqa: F401  eager Celery runs a task enqueued by name o
 from gateway_project.errors import TooManyRequests
 from llm.tokenizer import messages_tokens
 from metering import services
-from metering.models import Metric, Notification, QuotaAlert, UsageMeter, Window
+from metering.alerts.models import Notification, QuotaAlert
+from metering.models import Metric, UsageMeter, Window
 from metering.periods import period_start
 from metering.policy import policy_cache_invalidate, policy_evaluate
 from tenants.selectors import identity_resolve

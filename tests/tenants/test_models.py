@@ -12,7 +12,8 @@ import pytest
 from django.db import IntegrityError, transaction
 
 from catalog.models import ModelClass, Plan, ProviderModel, Task
-from metering.models import Metric, PolicyRule, QuotaAlert, UsageMeter, Window
+from metering.alerts.models import QuotaAlert
+from metering.models import Metric, PolicyRule, UsageMeter, Window
 from tenants.models import User
 
 PERIOD = datetime(2025, 1, 1, tzinfo=UTC)

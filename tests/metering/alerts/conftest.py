@@ -5,7 +5,8 @@ from datetime import UTC, datetime
 import pytest
 from django.test import override_settings
 
-from metering.models import Metric, QuotaAlert, UsageMeter, Window
+from metering.alerts.models import QuotaAlert
+from metering.models import Metric, UsageMeter, Window
 from tests.metering.alerts import receivers
 
 

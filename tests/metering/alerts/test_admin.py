@@ -8,8 +8,8 @@ from django.urls import reverse
 
 from metering.alerts import services as alert_services
 from metering.alerts.crypto import secret_decrypt
-from metering.models import AlertChannel, AlertDelivery, UsageDigest
-from metering.tasks import alert_notify
+from metering.alerts.models import AlertChannel, AlertDelivery, UsageDigest
+from metering.alerts.tasks import alert_notify
 from tests.metering.alerts.conftest import make_alert
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -6,8 +6,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from metering.alerts.crypto import secret_decrypt
-from metering.models import AlertChannel, AlertDelivery, Notification
-from metering.tasks import alert_notify
+from metering.alerts.models import AlertChannel, AlertDelivery, Notification
+from metering.alerts.tasks import alert_notify
 from tests.conftest import assert_error
 from tests.metering.alerts.conftest import make_alert
 

@@ -17,9 +17,9 @@ from llm.tokenizer import messages_tokens
 from metering.alerts import channels as ch
 from metering.alerts import services as alert_services
 from metering.alerts.crypto import secret_decrypt
-from metering.models import AlertChannel, AlertDelivery, Notification, QuotaAlert
+from metering.alerts.models import AlertChannel, AlertDelivery, Notification, QuotaAlert
 from metering.services import policy_rule_set
-from metering.tasks import alert_notify, deliver_alert, retry_alert_deliveries
+from metering.alerts.tasks import alert_notify, deliver_alert, retry_alert_deliveries
 from tests.metering.alerts.conftest import make_alert
 from tests.metering.alerts.receivers import signature_ok
 

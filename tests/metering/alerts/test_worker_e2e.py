@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from metering.models import AlertDelivery, Notification, QuotaAlert
+from metering.alerts.models import AlertDelivery, Notification, QuotaAlert
 from tests.conftest import require_postgres
 from tests.integration.gateway_server import database_url, free_port
 from tests.metering.alerts.receivers import signature_ok

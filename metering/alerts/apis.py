@@ -22,7 +22,8 @@ from rest_framework.views import APIView
 from gateway_project.errors import NotFound
 from gateway_project.pagination import PageNumberPagination, paginated
 from metering.alerts import selectors, services
-from metering.models import AlertChannel, AlertDelivery, Notification
+from metering.alerts.models import AlertChannel, AlertDelivery, Notification
+from tenants.audit import AuditSource
 from tenants.permissions import IsTenantAdmin
 
 TRUE_VALUES = {"1", "true", "yes", "on"}
@@ -133,7 +134,8 @@ class AlertChannelListApi(APIView):
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        channel, secret = services.alert_channel_create(tenant_id=request.auth.tenant_id, **data.validated_data)
+        channel, secret = services.alert_channel_create(tenant_id=request.auth.tenant_id, actor=request.auth.user,
+                                                        source=AuditSource.API, **data.validated_data)
         return Response(channel_payload(channel, secret=secret, full_target=True), status=status.HTTP_201_CREATED)
 
 
@@ -161,12 +163,14 @@ class AlertChannelDetailApi(APIView):
         channel = _channel(request, channel_id)
         data = self.UpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        channel = services.alert_channel_update(channel=channel, **data.validated_data)
+        channel = services.alert_channel_update(channel=channel, actor=request.auth.user, source=AuditSource.API,
+                                                **data.validated_data)
         return Response(channel_payload(channel))
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, channel_id: int) -> Response:
-        services.alert_channel_delete(channel=_channel(request, channel_id))
+        services.alert_channel_delete(channel=_channel(request, channel_id), actor=request.auth.user,
+                                      source=AuditSource.API)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -176,7 +180,7 @@ class AlertChannelRotateSecretApi(APIView):
     @extend_schema(request=None, responses=AlertChannelSerializer)
     def post(self, request: Request, channel_id: int) -> Response:
         channel = _channel(request, channel_id)
-        secret = services.alert_channel_secret_rotate(channel=channel)
+        secret = services.alert_channel_secret_rotate(channel=channel, actor=request.auth.user, source=AuditSource.API)
         return Response(channel_payload(channel, secret=secret))
 
 
