@@ -10,6 +10,8 @@ from gateway_project.errors import BadRequest
 from metering import services
 from metering.models import Metric, PolicyRule, Window
 from metering.policy_keys import (
+    API_KEY_LIMIT_KEYS,
+    METERED_KEYS,
     POLICY_KEYS,
     KeyKind,
     PolicyValueError,
@@ -60,8 +62,12 @@ def test_metered_keys_exist_and_name_what_they_count(name):
 
 
 def test_the_registry_is_closed():
-    assert set(POLICY_KEYS) == set(PER_REQUEST) | set(METERED) | {"allowed_model_classes", "fit_max_tokens_to_budget",
-                                                                   "fit_min_max_tokens"}
+    assert set(POLICY_KEYS) == set(PER_REQUEST) | set(METERED) | set(API_KEY_LIMIT_KEYS) | {
+        "allowed_model_classes", "fit_max_tokens_to_budget", "fit_min_max_tokens"}
+    # An API key's own budget: set on the key, metered on its own meters, never from a policy rule.
+    assert set(API_KEY_LIMIT_KEYS) == {"key_tokens_per_day", "key_tokens_per_month", "key_cost_per_day_usd",
+                                       "key_cost_per_month_usd"}
+    assert not set(API_KEY_LIMIT_KEYS) & {k.name for k in METERED_KEYS}
     assert POLICY_KEYS["allowed_model_classes"].value_type == ValueType.MODEL_CLASSES
     assert POLICY_KEYS["tenant_cost_per_month_usd"].value_type == ValueType.USD
 
