@@ -40,8 +40,8 @@ def _jwks_client(url: str) -> jwt.PyJWKClient:
     with _lock:
         client = _clients.get(url)
         if client is None:
-            client = _clients[url] = jwt.PyJWKClient(url, cache_keys=True, lifespan=settings.EXTERNAL_JWT_JWKS_CACHE_SECONDS,
-                                                     timeout=5)
+            client = _clients[url] = jwt.PyJWKClient(
+                url, cache_keys=True, lifespan=settings.EXTERNAL_JWT_JWKS_CACHE_SECONDS, timeout=5)
         return client
 
 

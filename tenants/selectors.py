@@ -342,7 +342,8 @@ def api_key_resolve(*, public_id: str, secret: str, acting: str = "") -> TenantC
 
 
 def api_keys_list(*, tenant_id: int):
-    return ApiKey.objects.filter(tenant_id=tenant_id).select_related("user", "created_by").order_by("-created_at", "-id")
+    keys = ApiKey.objects.filter(tenant_id=tenant_id).select_related("user", "created_by")
+    return keys.order_by("-created_at", "-id")
 
 
 def api_key_get(*, tenant_id: int, key_id: int) -> ApiKey | None:

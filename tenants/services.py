@@ -350,7 +350,8 @@ def _canonical_limits(limits: dict | None) -> dict:
 def _validate_key_limits(*, tenant: Tenant, allowed_tasks: list[str], allowed_model_classes: list[str]) -> None:
     from catalog.models import ModelClass, Task
 
-    unknown = sorted(set(allowed_tasks) - set(Task.objects.filter(code__in=allowed_tasks).values_list("code", flat=True)))
+    known = set(Task.objects.filter(code__in=allowed_tasks).values_list("code", flat=True))
+    unknown = sorted(set(allowed_tasks) - known)
     if unknown:
         raise BadRequest(f"Unknown tasks: {', '.join(unknown)}.", code="invalid_api_key")
     unknown = sorted(set(allowed_model_classes)
