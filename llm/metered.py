@@ -376,6 +376,7 @@ class MeteredCall:
         outcome = self.spend.outcome(status, error_code)
         outcome.api_calls += self.external_calls
         outcome.cost_micro_usd += self.external_fees_micro_usd
+        outcome.search_fees_micro_usd = self.external_fees_micro_usd
         if self.admitted is not None:
             outcome.max_tokens_fitted = getattr(self.admitted.decision, "max_tokens_fitted", None)
         return outcome

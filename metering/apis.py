@@ -71,7 +71,8 @@ class UsageLogSerializer(serializers.ModelSerializer):
     class Meta:
         model = UsageLog
         fields = ["request_id", "task", "user", "feature_code", "provider", "model_name", "model_class", "tokens_in",
-                  "tokens_out", "tokens_cached_in", "tokens_cache_write", "api_calls", "cost_micro_usd", "latency_ms", "status", "error_code",
+                  "tokens_out", "tokens_cached_in", "tokens_cache_write", "api_calls", "cost_micro_usd",
+                  "search_fees_micro_usd", "latency_ms", "status", "error_code",
                   "enforcement_mode", "would_refuse_code", "would_refuse", "usage_estimated", "settled_late", "max_tokens_fitted",
                   "attempts", "api_key", "admitted_at", "created_at"]
 

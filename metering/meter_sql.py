@@ -133,6 +133,7 @@ def settle_pg(*, reservation_id, now, free_key: bool, outcome) -> dict | None:
         "status": outcome.status, "provider": outcome.provider, "model_name": outcome.model_name,
         "model_class": outcome.model_class, "tokens_in": outcome.tokens_in, "tokens_out": outcome.tokens_out,
         "tokens_cached_in": outcome.tokens_cached_in, "tokens_cache_write": outcome.tokens_cache_write,
+        "search_fees": outcome.search_fees_micro_usd,
         "api_calls": outcome.api_calls, "cost": outcome.cost_micro_usd, "latency_ms": outcome.latency_ms,
         "error_code": outcome.error_code, "would_refuse": outcome.would_refuse_code, "reasons": outcome.would_refuse,
         "estimated": outcome.usage_estimated, "attempts": outcome.attempts,

@@ -301,6 +301,9 @@ class UsageLog(models.Model):
                                                 help_text="Of tokens_in: written to the prompt cache.")
     api_calls = models.BigIntegerField(default=0)
     cost_micro_usd = models.BigIntegerField(default=0)
+    search_fees_micro_usd = models.BigIntegerField(
+        default=0, db_default=0,
+        help_text="Of cost_micro_usd: the priced outbound requests (prior-art search fees).")
     latency_ms = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=10, choices=Status.choices)
     error_code = models.CharField(max_length=64, blank=True)
@@ -369,6 +372,7 @@ class UsageDaily(models.Model):
     tokens_cache_write = models.BigIntegerField(default=0, db_default=0)
     api_calls = models.BigIntegerField(default=0)
     cost_micro_usd = models.BigIntegerField(default=0)
+    search_fees_micro_usd = models.BigIntegerField(default=0, db_default=0)  # of cost_micro_usd
 
     class Meta:
         verbose_name_plural = "usage daily"

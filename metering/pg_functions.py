@@ -255,6 +255,7 @@ DECLARE
     p_tokens_cache_write bigint := COALESCE((p->>'tokens_cache_write')::bigint, 0);
     p_api_calls bigint := (p->>'api_calls')::bigint;
     p_cost bigint := (p->>'cost')::bigint;
+    p_search_fees bigint := COALESCE((p->>'search_fees')::bigint, 0);  -- of p_cost
     p_latency_ms int := (p->>'latency_ms')::int;
     p_error_code text := p->>'error_code';
     p_would_refuse text := p->>'would_refuse';
@@ -341,13 +342,13 @@ BEGIN
 
     INSERT INTO metering_usagelog (request_id, reservation_id, tenant_id, user_id, task_id, feature_code, provider,
                                    model_name, model_class, tokens_in, tokens_out, tokens_cached_in,
-                                   tokens_cache_write, api_calls, cost_micro_usd,
+                                   tokens_cache_write, api_calls, cost_micro_usd, search_fees_micro_usd,
                                    latency_ms, status, error_code, enforcement_mode, would_refuse_code,
                                    would_refuse, usage_estimated, attempts, settled_late, max_tokens_fitted, admitted_at,
                                    created_at)
     VALUES (res.request_id, p_reservation, res.tenant_id, res.user_id, res.task_id, v_feature, p_provider,
             p_model_name, p_model_class, p_tokens_in, p_tokens_out, p_tokens_cached_in, p_tokens_cache_write,
-            p_api_calls, p_cost, p_latency_ms, p_status,
+            p_api_calls, p_cost, p_search_fees, p_latency_ms, p_status,
             p_error_code, res.enforcement_mode, p_would_refuse, p_reasons, p_estimated, p_attempts, v_late, p_max_tokens_fitted,
             res.created_at, p_now)
     RETURNING id INTO v_log;
@@ -357,16 +358,17 @@ BEGIN
 
     INSERT INTO metering_usagedaily AS d (tenant_id, user_id, task_id, model_name, day, requests, refused,
                                           tokens_in, tokens_out, tokens_cached_in, tokens_cache_write, api_calls,
-                                          cost_micro_usd)
+                                          cost_micro_usd, search_fees_micro_usd)
     VALUES (res.tenant_id, res.user_id, res.task_id, p_model_name, (res.created_at AT TIME ZONE 'UTC')::date, 1, 0,
-            p_tokens_in, p_tokens_out, p_tokens_cached_in, p_tokens_cache_write, p_api_calls, p_cost)
+            p_tokens_in, p_tokens_out, p_tokens_cached_in, p_tokens_cache_write, p_api_calls, p_cost, p_search_fees)
     ON CONFLICT (tenant_id, user_id, task_id, model_name, day) DO UPDATE
     SET requests = d.requests + 1, tokens_in = d.tokens_in + excluded.tokens_in,
         tokens_out = d.tokens_out + excluded.tokens_out,
         tokens_cached_in = d.tokens_cached_in + excluded.tokens_cached_in,
         tokens_cache_write = d.tokens_cache_write + excluded.tokens_cache_write,
         api_calls = d.api_calls + excluded.api_calls,
-        cost_micro_usd = d.cost_micro_usd + excluded.cost_micro_usd;
+        cost_micro_usd = d.cost_micro_usd + excluded.cost_micro_usd,
+        search_fees_micro_usd = d.search_fees_micro_usd + excluded.search_fees_micro_usd;
 
     IF jsonb_array_length(p_reasons) > 0 THEN
         -- The would-refuse rollup (metering/rules.py would_refuse_rollup_rows), each row once: the call's

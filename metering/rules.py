@@ -44,6 +44,7 @@ class CallOutcome:
     cost_micro_usd: int = 0
     tokens_cached_in: int = 0  # of tokens_in: read from the provider's prompt cache
     tokens_cache_write: int = 0  # of tokens_in: written to it
+    search_fees_micro_usd: int = 0  # of cost_micro_usd: the priced outbound requests (prior-art search fees)
     api_calls: int = 0
     latency_ms: int = 0
     error_code: str = ""

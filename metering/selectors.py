@@ -122,7 +122,8 @@ def usage_aggregate(*, context: TenantContext, start: date, end: date, group_by:
         .annotate(
             tokens_in=Sum("tokens_in"), tokens_out=Sum("tokens_out"), api_calls=Sum("api_calls"),
             tokens_cached_in=Sum("tokens_cached_in"), tokens_cache_write=Sum("tokens_cache_write"),
-            cost_micro_usd=Sum("cost_micro_usd"), requests=Sum("requests"), refused=Sum("refused"),
+            cost_micro_usd=Sum("cost_micro_usd"), search_fees_micro_usd=Sum("search_fees_micro_usd"),
+            requests=Sum("requests"), refused=Sum("refused"),
         )
         .order_by(field)
     )
@@ -131,7 +132,8 @@ def usage_aggregate(*, context: TenantContext, start: date, end: date, group_by:
          "total_tokens": (r["tokens_in"] or 0) + (r["tokens_out"] or 0), "api_calls": r["api_calls"] or 0,
          # Of tokens_in (all prompt tokens): read from and written to the providers' prompt caches.
          "tokens_cached_in": r["tokens_cached_in"] or 0, "tokens_cache_write": r["tokens_cache_write"] or 0,
-         "cost_micro_usd": r["cost_micro_usd"] or 0, "requests": r["requests"] or 0, "refused": r["refused"] or 0}
+         "cost_micro_usd": r["cost_micro_usd"] or 0, "search_fees_micro_usd": r["search_fees_micro_usd"] or 0,
+         "requests": r["requests"] or 0, "refused": r["refused"] or 0}
         for r in result
     ]
 

@@ -50,6 +50,8 @@ class UsageRowSerializer(serializers.Serializer):
     tokens_cache_write = serializers.IntegerField(help_text="Of tokens_in: written to the prompt cache.")
     api_calls = serializers.IntegerField()
     cost_micro_usd = serializers.IntegerField()
+    search_fees_micro_usd = serializers.IntegerField(
+        help_text="Of cost_micro_usd: the priced outbound requests (prior-art search fees).")
     requests = serializers.IntegerField()
     refused = serializers.IntegerField()
 

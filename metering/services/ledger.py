@@ -18,7 +18,7 @@ from metering.rules import would_refuse_rollup_rows
 logger = logging.getLogger("gateway.metering")
 
 _DAILY_SUMS = ("requests", "refused", "tokens_in", "tokens_out", "tokens_cached_in", "tokens_cache_write",
-               "api_calls", "cost_micro_usd")
+               "api_calls", "cost_micro_usd", "search_fees_micro_usd")
 
 
 def usage_daily_add(log: UsageLog) -> None:
@@ -28,7 +28,7 @@ def usage_daily_add(log: UsageLog) -> None:
     day = log.admitted_at.astimezone(UTC).date()
     values = [log.tenant_id, log.user_id, log.task_id, log.model_name, connection.ops.adapt_datefield_value(day),
               0 if refused else 1, 1 if refused else 0, log.tokens_in, log.tokens_out, log.tokens_cached_in,
-              log.tokens_cache_write, log.api_calls, log.cost_micro_usd]
+              log.tokens_cache_write, log.api_calls, log.cost_micro_usd, log.search_fees_micro_usd]
     columns = ("tenant_id", "user_id", "task_id", "model_name", "day", *_DAILY_SUMS)
     updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in _DAILY_SUMS)
     with connection.cursor() as cursor:

@@ -79,9 +79,10 @@ def refused(user, request_id: str, code: str, **kwargs) -> TooManyRequests:
 
 
 def outcome(*, tokens_in: int = 100, tokens_out: int = 100, cost: int = 0, api_calls: int = 1,
-            status: str = UsageLog.Status.SUCCESS) -> services.CallOutcome:
+            status: str = UsageLog.Status.SUCCESS, search_fees: int = 0) -> services.CallOutcome:
     return services.CallOutcome(status=status, provider="offline", model_name="offline-m", model_class="PRO_M",
-                                tokens_in=tokens_in, tokens_out=tokens_out, cost_micro_usd=cost, api_calls=api_calls)
+                                tokens_in=tokens_in, tokens_out=tokens_out, cost_micro_usd=cost, api_calls=api_calls,
+                                search_fees_micro_usd=search_fees)
 
 
 def settle(admission: services.Admission, now: datetime | None = None, **kwargs) -> UsageLog | None:
@@ -368,6 +369,25 @@ class HoldsContract:
             1, 100, 58, 1_234, 2)
         settle(other, now=NOW + timedelta(seconds=3))
 
+    def test_search_fees_are_recorded_apart_within_the_cost_in_the_ledger_and_the_rollup(self, tenant_admin):
+        user, tenant = tenant_admin.user, tenant_admin.tenant
+        rule("tenant_cost_per_month_usd", "100", tenant=tenant)
+        _, first = admit(user, "req-fees-1", now=NOW)
+        _, second = admit(user, "req-fees-2", now=NOW)
+        # cost = the tokens' cost + the priced search requests (llm/metered.py current_outcome)
+        returned = settle(first, now=NOW, cost=1_000 + 2_570, search_fees=2_570, api_calls=4)
+        settle(second, now=NOW, cost=900 + 75, search_fees=75, api_calls=2)
+        _, plain = admit(user, "req-plain", now=NOW)
+        settle(plain, now=NOW, cost=800)
+        assert returned.search_fees_micro_usd == 2_570
+        fees = dict(UsageLog.objects.values_list("request_id", "search_fees_micro_usd"))
+        assert fees == {"req-fees-1": 2_570, "req-fees-2": 75, "req-plain": 0}
+        assert UsageLog.objects.get(request_id="req-fees-1").cost_micro_usd == 3_570
+        rollup = UsageDaily.objects.get(tenant=tenant, day=NOW.date())
+        assert (rollup.requests, rollup.cost_micro_usd, rollup.search_fees_micro_usd) == (3, 5_345, 2_645)
+        # The cost meters count the fees once: they are part of cost_micro_usd, not added to it.
+        assert meter(tenant, "COST", "MONTH", now=NOW).used == 5_345
+
     def test_a_request_id_is_admitted_once(self, tenant_admin):
         user = tenant_admin.user
         admit(user, "req-1")
@@ -482,9 +502,11 @@ class HoldsContract:
 
     def test_a_spooled_call_never_admitted_is_recorded_exactly_once(self, tenant_admin, spooled):
         user, tenant = tenant_admin.user, tenant_admin.tenant
-        self._spool(user, "req-spooled", evaluate(user, now=NOW), NOW, tokens_out=120)
+        self._spool(user, "req-spooled", evaluate(user, now=NOW), NOW, tokens_out=120, cost=500, search_fees=300)
         assert spool.spool_replay() == 1
-        assert UsageLog.objects.get(request_id="req-spooled").tokens_out == 120
+        log = UsageLog.objects.get(request_id="req-spooled")
+        assert (log.tokens_out, log.cost_micro_usd, log.search_fees_micro_usd) == (120, 500, 300)
+        assert UsageDaily.objects.get(tenant=tenant, day=NOW.date()).search_fees_micro_usd == 300
         month = meter(tenant, "TOKENS", "MONTH", now=NOW)
         assert (month.used, month.reserved) == (220, 0)
         assert spool.spool_replay() == 0

@@ -187,6 +187,17 @@ def test_the_ledger_cost_is_tokens_plus_priced_requests(tenant_admin, fakes, set
     assert priced["usage"]["search_fees_micro_usd"] == fees
     logs = list(UsageLog.objects.order_by("id"))
     assert logs[1].cost_micro_usd == logs[0].cost_micro_usd + fees == priced["usage"]["cost_micro_usd"]
+    # The ledger keeps the fees apart too (of the cost), and /api/usage/ sums them from the rollup.
+    assert (logs[0].search_fees_micro_usd, logs[1].search_fees_micro_usd) == (0, fees)
+    days = f"from={logs[0].admitted_at.date()}&to={logs[1].admitted_at.date()}"
+    usage = tenant_admin.django_client.get(f"/api/usage/?{days}&group_by=task")
+    assert usage.status_code == 200, usage.content
+    (row,) = usage.json()["results"]
+    assert (row["search_fees_micro_usd"], row["cost_micro_usd"]) == (
+        fees, logs[0].cost_micro_usd + logs[1].cost_micro_usd)
+    ledger = tenant_admin.django_client.get("/api/usage/logs/").json()["results"]
+    assert {r["request_id"]: r["search_fees_micro_usd"] for r in ledger} == {
+        free["request_id"]: 0, priced["request_id"]: fees}
     assert logs[1].api_calls == sent(fakes) + 3
     # The cost hold covered max_api_calls requests at the dearest price: nothing was left reserved.
     meter = UsageMeter.objects.filter(tenant=tenant_admin.tenant, metric=Metric.COST).first()
