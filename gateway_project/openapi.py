@@ -23,6 +23,7 @@ ERROR_STATUSES = {
     "404": "Unknown task or model, or not yours.",
     "409": "Idempotency-Key reused with another body, or its first request is still running.",
     "413": "The request body is too large.",
+    "415": "The body's Content-Type is not one the endpoint reads (JSON, form or multipart).",
     "429": "Quota, concurrency or rate limit (with Retry-After).",
     "502": "Every candidate provider failed.",
     "503": "Providers or metering unavailable.",
@@ -347,7 +348,7 @@ def add_v1_paths(result: dict[str, Any], generator: Any, request: Any, public: b
 
 
 # What any /api/ operation may answer besides its success, in the one error shape.
-API_ERROR_STATUSES = ("400", "401", "403", "404", "409", "413", "429")
+API_ERROR_STATUSES = ("400", "401", "403", "404", "409", "413", "415", "429")
 
 
 def add_error_responses(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:

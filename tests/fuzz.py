@@ -97,7 +97,8 @@ def bodies(draw, fields: dict[str, tuple[st.SearchStrategy, st.SearchStrategy]],
 
 
 def assert_well_formed(response) -> Any:
-    """Never a 5xx; a refusal is JSON in the one error shape; a success is JSON (or an event stream)."""
+    """Never a 5xx; a refusal is JSON in the one error shape; a success is JSON (or an event stream, or
+    the usage export's CSV)."""
     try:
         content = b"".join(response) if response.streaming else response.content  # consumes async streams too
     except Exception as error:  # the stream broke off after its 200: a client sees a cut connection
@@ -107,6 +108,10 @@ def assert_well_formed(response) -> Any:
         return None
     if response.get("Content-Type", "").startswith("text/event-stream"):
         assert response.status_code == 200, content[:1000]
+        return content
+    if response.get("Content-Type", "").startswith("text/csv"):  # the usage export; its refusals stay JSON
+        assert response.status_code == 200, content[:1000]
+        assert content.decode("utf-8").splitlines()[0], "a CSV export starts with its header row"
         return content
     body = json.loads(content)
     if response.status_code >= 400:
