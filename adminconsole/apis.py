@@ -43,8 +43,6 @@ class QuotaRequestsApi(APIView):
     @extend_schema(parameters=[OpenApiParameter("page", int, description="Page number, from 1.")],
                    responses=paginated(QuotaRequestSerializer, "QuotaRequestPage"))
     def get(self, request: Request) -> Response:
-        from gateway_project.pagination import PageNumberPagination
-
         context: TenantContext = request.auth
         rows = (QuotaRequest.objects.filter(tenant_id=context.tenant_id)
                 .select_related("task", "requested_by", "decided_by").order_by("-created_at", "-id"))
