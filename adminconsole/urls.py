@@ -1,7 +1,6 @@
 from django.urls import path
 
-from adminconsole import views, views_rollout
-from adminconsole import views_reconcile
+from adminconsole import views, views_reconcile, views_rollout
 
 app_name = "adminconsole"
 

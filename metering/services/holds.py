@@ -22,8 +22,8 @@ from django.utils import timezone
 
 from gateway_project.errors import Conflict, TooManyRequests
 from metering import meter_sql
-from metering.meter_start import meters_create
 from metering.alerts.models import QuotaAlert
+from metering.meter_start import meters_create
 from metering.models import Metric, UsageHold, UsageLog, UsageMeter, UsageReservation, Window
 from metering.periods import seconds_until_reset
 from metering.policy import EnforcementDecision, HoldSpec, policy_setting

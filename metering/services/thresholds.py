@@ -8,8 +8,8 @@ from datetime import datetime
 
 from django.db import IntegrityError, transaction
 
-from metering.dispatch import task_enqueue_on_commit
 from metering.alerts.models import QuotaAlert
+from metering.dispatch import task_enqueue_on_commit
 from metering.models import Metric, UsageHold, Window
 from metering.periods import period_start
 from metering.policy import HoldSpec

@@ -176,7 +176,6 @@ def test_quota_request_approval_through_the_ui(page, live_server, root, tenant_a
 
 
 def test_rollout_report_and_the_switch_to_hard_through_the_ui(page, live_server, root, tenant_admin, member):
-    import json
     from concurrent.futures import ThreadPoolExecutor
 
     from tenants.models import Tenant

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -31,8 +32,6 @@ from metering.models import UsageDaily, UsageHold, UsageLog, UsageMeter, UsageRe
 from metering.policy import EnforcementDecision, HoldSpec, policy_cache_invalidate, policy_evaluate
 from metering.policy_keys import POLICY_KEYS
 from metering.services.backends import holds_backend
-from django.core.cache import cache
-
 from tenants import services as tenant_services
 from tenants.selectors import api_key_resolve, identity_resolve
 from tests.conftest import require_postgres

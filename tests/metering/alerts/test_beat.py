@@ -14,8 +14,8 @@ from django.utils import timezone
 from catalog.models import Task
 from metering.alerts import services as alert_services
 from metering.alerts.models import AlertDelivery, Notification, UsageDigest
-from metering.models import UsageLog
 from metering.alerts.tasks import prune_notifications, send_usage_digests
+from metering.models import UsageLog
 from tests.metering.alerts.conftest import make_alert
 
 pytestmark = pytest.mark.django_db(transaction=True)

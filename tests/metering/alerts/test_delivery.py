@@ -18,8 +18,8 @@ from metering.alerts import channels as ch
 from metering.alerts import services as alert_services
 from metering.alerts.crypto import secret_decrypt
 from metering.alerts.models import AlertChannel, AlertDelivery, Notification, QuotaAlert
-from metering.services import policy_rule_set
 from metering.alerts.tasks import alert_notify, deliver_alert, retry_alert_deliveries
+from metering.services import policy_rule_set
 from tests.metering.alerts.conftest import make_alert
 from tests.metering.alerts.receivers import signature_ok
 
