@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import pytest
 from django.core import mail
+from django.db import OperationalError
 from django.test import override_settings
 from django.utils import timezone
 
@@ -347,8 +348,21 @@ def test_an_unreachable_smtp_server_fails_the_delivery_for_a_retry(tenant_admin)
 # --- never in the way of the metered call ---------------------------------------------------------
 
 
+def _unlocked(read, timeout: float = 10.0):
+    """A read while the background delivery thread writes: SQLite's in-memory test database (shared
+    cache) answers "table is locked" at once instead of waiting, which only means "not yet"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return read()
+        except OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def test_a_slow_channel_does_not_slow_the_metered_call_in_embedded_mode(tenant_admin, receiver_factory):
-    receiver = receiver_factory(delay=3.0)
+    receiver = receiver_factory(delay=5.0)
     webhook(tenant_admin.tenant, receiver.url)
     warn_at_next_call(tenant_admin.tenant)
 
@@ -357,13 +371,16 @@ def test_a_slow_channel_does_not_slow_the_metered_call_in_embedded_mode(tenant_a
         r = metered_call(tenant_admin)
         elapsed = time.monotonic() - started
         assert r.status_code == 200, r.content
-        assert elapsed < 2.0, elapsed  # the receiver takes 3 s to answer
+        # The receiver takes 5 s to answer; a process's first metered call alone can take ~2 s
+        # (tokenizer and provider set-up), so the margin is wide.
+        assert elapsed < 3.5, elapsed
         receiver.wait_for(1, timeout=10)
         deadline = time.monotonic() + 10
-        while AlertDelivery.objects.filter(status="SENT").count() != 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while _unlocked(lambda: AlertDelivery.objects.filter(status="SENT").count()) != 1 \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)  # seldom: each read also holds the table the delivery thread writes
 
-    delivery = AlertDelivery.objects.get()
+    delivery = _unlocked(AlertDelivery.objects.get)
     assert (delivery.status, delivery.attempts) == ("SENT", 1)
     assert json.loads(receiver.requests[0].body)["alert_id"] == delivery.alert_id
 
