@@ -25,6 +25,7 @@ from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import quote
 
+import httpx2
 from asgiref.sync import async_to_sync
 from django.core.signals import got_request_exception, request_finished, request_started
 from django.db import close_old_connections
@@ -205,3 +206,23 @@ class GatewayClient(APIClient):
         if response.cookies:
             self.cookies.update(response.cookies)
         return response
+
+
+class SdkTransport(httpx2.BaseTransport):
+    """A provider SDK's HTTP transport (`openai` / `anthropic`, both on httpx2): each request goes
+    through the gateway's ASGI application in-process, as uvicorn would serve it, with every header
+    the SDK sends; `requests` keeps them for tests that look at what the SDK sent."""
+
+    def __init__(self) -> None:
+        self.client = GatewayClient()
+        self.requests: list[httpx2.Request] = []
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        self.requests.append(request)
+        headers = {name: value for name, value in request.headers.items()
+                   if name.lower() not in ("content-type", "content-length", "host")}
+        response = self.client.generic(request.method, request.url.raw_path.decode(), data=request.read(),
+                                       content_type=request.headers.get("content-type", "application/json"),
+                                       headers=headers)
+        content = b"".join(response) if response.streaming else response.content
+        return httpx2.Response(response.status_code, headers=list(response.headers.items()), content=content)

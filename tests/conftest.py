@@ -173,6 +173,30 @@ def outsider(catalog) -> Persona:
     return Persona(user=admin, tenant=tenant)
 
 
+@pytest.fixture
+def fakes(settings, tenant_admin):
+    """The four real providers behind the gateway, each its loopback fake reached through its own SDK
+    (OpenAI, Grok on a second OpenAI fake, Gemini, Anthropic). Modules that need another set (wrong
+    keys, no offline models) define their own `fakes`."""
+    from llm.providers import registry
+    from metering.services import policy_rule_set
+    from tests.fakes import FakeAnthropic, FakeGemini, FakeOpenAI
+
+    servers = {"openai": FakeOpenAI(), "grok": FakeOpenAI(), "gemini": FakeGemini(), "anthropic": FakeAnthropic()}
+    settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL = "test-key", servers["openai"].url + "/v1"
+    settings.GROK_API_KEY, settings.GROK_BASE_URL = "test-key", servers["grok"].url + "/v1"
+    settings.GOOGLE_AI_API_KEY, settings.GEMINI_BASE_URL = "test-key", servers["gemini"].url
+    settings.ANTHROPIC_API_KEY, settings.ANTHROPIC_BASE_URL = "test-key", servers["anthropic"].url
+    settings.PROVIDER_TIMEOUT_SECONDS = 5
+    settings.ROUTER_BACKOFF_BASE_SECONDS = 0
+    registry.clear_local()
+    policy_rule_set(scope="TENANT", tenant=tenant_admin.tenant, key="max_concurrent", value=100)
+    yield servers
+    registry.clear_local()
+    for server in servers.values():
+        server.close()
+
+
 def assert_error(response, status: int, code: str) -> dict:
     """Every failure uses the one error shape."""
     assert response.status_code == status, (response.status_code, getattr(response, "content", b"")[:500])

@@ -18,9 +18,8 @@ from llm import anthropic_messages
 from metering.models import UsageLog, UsageMeter, UsageReservation
 from metering.services import meters_reconcile, policy_rule_set
 from tenants.tokens import tokens_for_user
-from tests.asgi_client import GatewayClient
+from tests.asgi_client import GatewayClient, SdkTransport
 from tests.conftest import Persona, make_tenant
-from tests.fakes import FakeAnthropic, FakeGemini, FakeOpenAI
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,49 +32,15 @@ WEATHER = {"name": "get_weather", "description": "Weather for a city",
 QUESTION = [{"role": "user", "content": "What is a patent family?"}]
 
 
-class GatewayTransport(httpx2.BaseTransport):
-    """The `anthropic` SDK's HTTP transport: each request goes through the gateway's ASGI application
-    in-process (tests/asgi_client.py), as uvicorn would serve it, with every header the SDK sends."""
-
-    def __init__(self) -> None:
-        self.client = GatewayClient()
-        self.requests: list[httpx2.Request] = []
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        self.requests.append(request)
-        headers = {name: value for name, value in request.headers.items()
-                   if name.lower() not in ("content-type", "content-length", "host")}
-        response = self.client.generic(request.method, request.url.raw_path.decode(), data=request.read(),
-                                       content_type=request.headers.get("content-type", "application/json"),
-                                       headers=headers)
-        content = b"".join(response) if response.streaming else response.content
-        return httpx2.Response(response.status_code, headers=list(response.headers.items()), content=content)
 
 
-@pytest.fixture
-def fakes(settings, tenant_admin):
-    from llm.providers import registry
-
-    servers = {"openai": FakeOpenAI(), "grok": FakeOpenAI(), "gemini": FakeGemini(), "anthropic": FakeAnthropic()}
-    settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL = "test-key", servers["openai"].url + "/v1"
-    settings.GROK_API_KEY, settings.GROK_BASE_URL = "test-key", servers["grok"].url + "/v1"
-    settings.GOOGLE_AI_API_KEY, settings.GEMINI_BASE_URL = "test-key", servers["gemini"].url
-    settings.ANTHROPIC_API_KEY, settings.ANTHROPIC_BASE_URL = "test-key", servers["anthropic"].url
-    settings.PROVIDER_TIMEOUT_SECONDS = 5
-    settings.ROUTER_BACKOFF_BASE_SECONDS = 0
-    registry.clear_local()
-    policy_rule_set(scope="TENANT", tenant=tenant_admin.tenant, key="max_concurrent", value=100)
-    yield servers
-    registry.clear_local()
-    for server in servers.values():
-        server.close()
 
 
 def sdk(persona, *, task: str = TASK, header: str = "auth_token") -> anthropic.Anthropic:
     token = tokens_for_user(persona.user)["access"]
     credential = {"auth_token": token} if header == "auth_token" else {"api_key": token}
     return anthropic.Anthropic(base_url=f"http://testserver/v1/{task}", max_retries=0,
-                               http_client=httpx2.Client(transport=GatewayTransport()), **credential)
+                               http_client=httpx2.Client(transport=SdkTransport()), **credential)
 
 
 def no_holds() -> None:
@@ -116,7 +81,7 @@ def test_plain_message_from_any_provider_is_metered_exactly(fakes, tenant_admin,
 def test_the_credential_in_x_api_key_or_from_api_key_works(fakes, tenant_admin):
     token = tokens_for_user(tenant_admin.user)["access"]
     # SDK 2.x sends api_key= as a bearer token; other clients (and SDK 1.x) send it as x-api-key.
-    transport = GatewayTransport()
+    transport = SdkTransport()
     client = anthropic.Anthropic(base_url=f"http://testserver/v1/{TASK}", max_retries=0, api_key=token,
                                  http_client=httpx2.Client(transport=transport))
     assert client.messages.create(model="claude-haiku-4-5", max_tokens=32, messages=QUESTION).content[0].text
@@ -136,7 +101,7 @@ def test_a_service_key_works_in_either_header_and_is_in_the_ledger(fakes, tenant
     issued = api_key_create(tenant=tenant_admin.tenant, name="drafting backend")
     assert issued.secret.startswith("gw_")
     client = anthropic.Anthropic(base_url=f"http://testserver/v1/{TASK}", api_key=issued.secret, max_retries=0,
-                                 http_client=httpx2.Client(transport=GatewayTransport()))
+                                 http_client=httpx2.Client(transport=SdkTransport()))
     plain = client.messages.create(model="gpt-4o-mini", max_tokens=32, messages=QUESTION)
     with client.messages.stream(model="claude-haiku-4-5", max_tokens=32, messages=QUESTION) as stream:
         streamed = stream.get_final_message()
@@ -325,7 +290,7 @@ def test_quota_refusal_is_a_rate_limit_error_with_retry_after(fakes, tenant_admi
 
 def test_no_or_a_bad_credential_is_an_authentication_error(fakes, tenant_admin):
     client = anthropic.Anthropic(base_url=f"http://testserver/v1/{TASK}", api_key="not-a-token", max_retries=0,
-                                 http_client=httpx2.Client(transport=GatewayTransport()))
+                                 http_client=httpx2.Client(transport=SdkTransport()))
     with pytest.raises(anthropic.AuthenticationError) as excinfo:
         client.messages.create(model="auto", max_tokens=10, messages=QUESTION)
     _refused(excinfo, 401, "authentication_error")

@@ -18,7 +18,7 @@ from metering.services import meters_reconcile, policy_rule_set
 from tenants import services as tenant_services
 from tenants.models import ApiKey, User
 from tenants.selectors import identity_memo_clear
-from tests.asgi_client import GatewayClient
+from tests.asgi_client import GatewayClient, SdkTransport
 from tests.conftest import assert_error
 
 TASK = "LLM2_DRAFT"
@@ -26,23 +26,11 @@ CHAT = f"/v1/{TASK}/chat/completions"
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "Describe a folding hinge"}], "max_tokens": 40}
 
 
-class GatewayTransport(httpx2.BaseTransport):
-    """The SDK's HTTP transport: each request goes through the gateway's ASGI application in-process
-    (tests/asgi_client.py), as uvicorn would serve it, with every header the SDK sends."""
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        headers = {name: value for name, value in request.headers.items()
-                   if name.lower() not in ("content-type", "content-length", "host")}
-        response = GatewayClient().generic(request.method, request.url.raw_path.decode(), data=request.read(),
-                                           content_type=request.headers.get("content-type", "application/json"),
-                                           headers=headers)
-        content = b"".join(response) if response.streaming else response.content
-        return httpx2.Response(response.status_code, headers=list(response.headers.items()), content=content)
 
 
 def sdk(key: str, **headers: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"http://testserver/v1/{TASK}", api_key=key, max_retries=0,
-                         default_headers=headers or None, http_client=httpx2.Client(transport=GatewayTransport()))
+                         default_headers=headers or None, http_client=httpx2.Client(transport=SdkTransport()))
 
 
 def call(key: str, *, header: str = "authorization", acting: str | None = None, path: str = CHAT, body=None):

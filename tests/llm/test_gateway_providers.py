@@ -9,8 +9,7 @@ import json
 import pytest
 
 from metering.models import UsageLog
-from metering.services import meters_reconcile, policy_rule_set
-from tests.fakes import FakeAnthropic, FakeGemini, FakeOpenAI
+from metering.services import meters_reconcile
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -19,23 +18,6 @@ MODELS = {"openai": "gpt-4o-mini", "grok": "grok-3-mini", "gemini": "gemini-2.5-
           "anthropic": "claude-haiku-4-5"}
 
 
-@pytest.fixture
-def fakes(settings, tenant_admin):
-    from llm.providers import registry
-
-    servers = {"openai": FakeOpenAI(), "grok": FakeOpenAI(), "gemini": FakeGemini(), "anthropic": FakeAnthropic()}
-    settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL = "test-key", servers["openai"].url + "/v1"
-    settings.GROK_API_KEY, settings.GROK_BASE_URL = "test-key", servers["grok"].url + "/v1"
-    settings.GOOGLE_AI_API_KEY, settings.GEMINI_BASE_URL = "test-key", servers["gemini"].url
-    settings.ANTHROPIC_API_KEY, settings.ANTHROPIC_BASE_URL = "test-key", servers["anthropic"].url
-    settings.PROVIDER_TIMEOUT_SECONDS = 5
-    settings.ROUTER_BACKOFF_BASE_SECONDS = 0
-    registry.clear_local()
-    policy_rule_set(scope="TENANT", tenant=tenant_admin.tenant, key="max_concurrent", value=100)
-    yield servers
-    registry.clear_local()
-    for server in servers.values():
-        server.close()
 
 
 def call(persona, model: str, *, stream: bool, content: str = "What is a patent family?"):

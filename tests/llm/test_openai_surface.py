@@ -15,8 +15,7 @@ import pytest
 from metering.models import UsageLog, UsageMeter, UsageReservation
 from metering.services import meters_reconcile, policy_rule_set
 from tenants.tokens import tokens_for_user
-from tests.asgi_client import GatewayClient
-from tests.fakes import FakeAnthropic, FakeGemini, FakeOpenAI
+from tests.asgi_client import SdkTransport
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,44 +32,14 @@ CLAIMS = {"name": "claims", "schema": {"type": "object", "properties": {
 PIXEL = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n-not-really-a-png").decode()
 
 
-class GatewayTransport(httpx2.BaseTransport):
-    """The `openai` SDK's HTTP transport: each request goes through the gateway's ASGI application
-    in-process (tests/asgi_client.py), as uvicorn would serve it."""
-
-    def __init__(self) -> None:
-        self.client = GatewayClient()
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = self.client.generic(request.method, request.url.raw_path.decode(), data=request.read(),
-                                       content_type=request.headers.get("content-type", "application/json"),
-                                       HTTP_AUTHORIZATION=request.headers.get("authorization", ""))
-        content = b"".join(response) if response.streaming else response.content
-        return httpx2.Response(response.status_code, headers=list(response.headers.items()), content=content)
 
 
-@pytest.fixture
-def fakes(settings, tenant_admin):
-    from llm.providers import registry
-
-    servers = {"openai": FakeOpenAI(), "grok": FakeOpenAI(), "gemini": FakeGemini(), "anthropic": FakeAnthropic()}
-    settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL = "test-key", servers["openai"].url + "/v1"
-    settings.GROK_API_KEY, settings.GROK_BASE_URL = "test-key", servers["grok"].url + "/v1"
-    settings.GOOGLE_AI_API_KEY, settings.GEMINI_BASE_URL = "test-key", servers["gemini"].url
-    settings.ANTHROPIC_API_KEY, settings.ANTHROPIC_BASE_URL = "test-key", servers["anthropic"].url
-    settings.PROVIDER_TIMEOUT_SECONDS = 5
-    settings.ROUTER_BACKOFF_BASE_SECONDS = 0
-    registry.clear_local()
-    policy_rule_set(scope="TENANT", tenant=tenant_admin.tenant, key="max_concurrent", value=100)
-    yield servers
-    registry.clear_local()
-    for server in servers.values():
-        server.close()
 
 
 @pytest.fixture
 def sdk(tenant_admin) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"http://testserver/v1/{TASK}", api_key=tokens_for_user(tenant_admin.user)["access"],
-                         max_retries=0, http_client=httpx2.Client(transport=GatewayTransport()))
+                         max_retries=0, http_client=httpx2.Client(transport=SdkTransport()))
 
 
 def billed(server) -> tuple[int, int]:
@@ -336,7 +305,7 @@ def test_unknown_and_unsupported_fields_are_a_400_naming_them(fakes, sdk, extra,
 @pytest.fixture
 def offline_sdk(tenant_admin) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"http://testserver/v1/{TASK}", api_key=tokens_for_user(tenant_admin.user)["access"],
-                         max_retries=0, http_client=httpx2.Client(transport=GatewayTransport()))
+                         max_retries=0, http_client=httpx2.Client(transport=SdkTransport()))
 
 
 def test_offline_shows_tool_calls_json_and_n(offline_sdk):

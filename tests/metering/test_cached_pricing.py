@@ -21,9 +21,8 @@ from catalog import pricing
 from catalog.models import ProviderModel
 from metering import services
 from metering.models import UsageDaily, UsageLog
-from metering.services import meters_reconcile, policy_rule_set
+from metering.services import meters_reconcile
 from tests.conftest import require_postgres
-from tests.fakes import FakeAnthropic, FakeGemini, FakeOpenAI
 
 TASK = "LLM1_PRIOR_ART"  # PRO: BASE_S (gpt-4o-mini) and BASE_M (gemini-2.5-flash, grok-3-mini, claude-haiku-4-5)
 MODELS = {"openai": "gpt-4o-mini", "grok": "grok-3-mini", "gemini": "gemini-2.5-flash",
@@ -109,23 +108,6 @@ def test_seed_sets_the_published_cache_rates_explicitly(catalog):
 # --- parity per provider, through the real SDKs and the fakes ----------------------------------------
 
 
-@pytest.fixture
-def fakes(settings, tenant_admin):
-    from llm.providers import registry
-
-    servers = {"openai": FakeOpenAI(), "grok": FakeOpenAI(), "gemini": FakeGemini(), "anthropic": FakeAnthropic()}
-    settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL = "test-key", servers["openai"].url + "/v1"
-    settings.GROK_API_KEY, settings.GROK_BASE_URL = "test-key", servers["grok"].url + "/v1"
-    settings.GOOGLE_AI_API_KEY, settings.GEMINI_BASE_URL = "test-key", servers["gemini"].url
-    settings.ANTHROPIC_API_KEY, settings.ANTHROPIC_BASE_URL = "test-key", servers["anthropic"].url
-    settings.PROVIDER_TIMEOUT_SECONDS = 5
-    settings.ROUTER_BACKOFF_BASE_SECONDS = 0
-    registry.clear_local()
-    policy_rule_set(scope="TENANT", tenant=tenant_admin.tenant, key="max_concurrent", value=100)
-    yield servers
-    registry.clear_local()
-    for server in servers.values():
-        server.close()
 
 
 PROMPT = " ".join(["The claimed invention relates to a fastening device for panels."] * 12)
