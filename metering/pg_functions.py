@@ -345,16 +345,13 @@ BEGIN
                                    tokens_cache_write, api_calls, cost_micro_usd, search_fees_micro_usd,
                                    latency_ms, status, error_code, enforcement_mode, would_refuse_code,
                                    would_refuse, usage_estimated, attempts, settled_late, max_tokens_fitted, admitted_at,
-                                   created_at)
+                                   created_at, api_key_id)
     VALUES (res.request_id, p_reservation, res.tenant_id, res.user_id, res.task_id, v_feature, p_provider,
             p_model_name, p_model_class, p_tokens_in, p_tokens_out, p_tokens_cached_in, p_tokens_cache_write,
             p_api_calls, p_cost, p_search_fees, p_latency_ms, p_status,
             p_error_code, res.enforcement_mode, p_would_refuse, p_reasons, p_estimated, p_attempts, v_late, p_max_tokens_fitted,
-            res.created_at, p_now)
+            res.created_at, p_now, res.api_key_id)
     RETURNING id INTO v_log;
-    IF res.api_key_id IS NOT NULL THEN  -- the ledger row of a call made with an API key names it
-        UPDATE metering_usagelog SET api_key_id = res.api_key_id WHERE id = v_log;
-    END IF;
 
     INSERT INTO metering_usagedaily AS d (tenant_id, user_id, task_id, model_name, day, requests, refused,
                                           tokens_in, tokens_out, tokens_cached_in, tokens_cache_write, api_calls,
