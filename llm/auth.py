@@ -62,7 +62,7 @@ def _memo(raw: str) -> tuple | None:
 
 
 def _unexpired(raw: str, entry: tuple) -> tuple:
-    if entry[0] <= time.time():
+    if entry[0] <= time.time():  # what simplejwt's check_exp decides: exp <= now - leeway
         with _lock:
             _verified.pop(raw, None)
         raise _invalid()
@@ -95,11 +95,7 @@ def _claims(raw: str) -> tuple[int, int | None, str | None, object]:
         leeway = token.get_token_backend().get_leeway().total_seconds()
         entry = (float(token["exp"]) + leeway, *identity_claims(token), session_claim(token))
         _remember(raw, entry)
-    if entry[0] <= time.time():  # what simplejwt's check_exp decides: exp <= now - leeway
-        with _lock:
-            _verified.pop(raw, None)
-        raise _invalid()
-    return entry[1:]
+    return _unexpired(raw, entry)
 
 
 async def authenticate_request(request: HttpRequest | Mapping[str, str]) -> TenantContext:
