@@ -25,6 +25,9 @@ def _terminate(pids: list[int]) -> None:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:  # the server ends them asynchronously
         with connection.cursor() as cursor:
+            # Inside the test's transaction the statistics are a snapshot taken at their first read:
+            # without clearing it, a backend that ended after that read would look alive for good.
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
             cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [pids])
             if cursor.fetchone()[0] == 0:
                 return

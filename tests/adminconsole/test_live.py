@@ -78,9 +78,11 @@ def test_the_fragment_shows_new_data(su_client, tenant_admin):
 
 
 def test_hourly_series_covers_48_hours_from_the_ledger(su_client, tenant_admin, member, outsider):
-    ledger_row(tenant_admin, ago=timedelta(minutes=1), tokens=7)
-    ledger_row(member, ago=timedelta(minutes=2), tokens=5)
-    ledger_row(member, ago=timedelta(minutes=3), status="REFUSED")
+    # The current hour's rows are stamped "now" (minutes ago would fall in the previous hour during
+    # an hour's first minutes); `now` below is taken after them, so they are in its hour.
+    ledger_row(tenant_admin, ago=timedelta(0), tokens=7)
+    ledger_row(member, ago=timedelta(0), tokens=5)
+    ledger_row(member, ago=timedelta(0), status="REFUSED")
     ledger_row(tenant_admin, ago=timedelta(hours=30), tokens=11)
     ledger_row(tenant_admin, ago=timedelta(hours=49), tokens=1000)  # before the 48 hours
     ledger_row(outsider, ago=timedelta(minutes=1), tokens=3)
